@@ -1,0 +1,92 @@
+"""The wire format: a msgspec envelope encoded as JSON, with one reused encoder and decoder.
+
+A task on the wire is a JSON object::
+
+    {"task_id": "9f1c...", "args": [1, 2], "kwargs": {}, "publish_time": 1764320000.5}
+
+Only ``task_id`` is required; unknown fields are ignored and every field added later gets a
+default, so producers in other languages and workers of other versions read each other's
+messages. Pickle is never used.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import msgspec
+
+from geboost.errors import DecodeError, EncodeError
+
+__all__ = [
+    "DeadLetter",
+    "TaskMessage",
+    "decode_dead_letter",
+    "decode_task",
+    "encode",
+    "make_task",
+    "new_task_id",
+]
+
+
+class TaskMessage(msgspec.Struct, kw_only=True):
+    """One call of the consuming function."""
+
+    task_id: str
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
+    publish_time: float = 0.0
+
+
+class DeadLetter(msgspec.Struct, kw_only=True):
+    """What lands in ``<queue_name>.dlq`` after the last failed attempt.
+
+    ``body`` is the original message exactly as it was received (as text), so that it can be put
+    back on the queue unchanged even when it could not be decoded.
+    """
+
+    queue_name: str
+    body: str
+    error: str
+    attempts: int
+    failed_at: float
+    task_id: str = ""
+
+
+_encoder = msgspec.json.Encoder()
+_task_decoder = msgspec.json.Decoder(TaskMessage)
+_dead_decoder = msgspec.json.Decoder(DeadLetter)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(obj: TaskMessage | DeadLetter) -> bytes:
+    """Encode an envelope; raises ``EncodeError`` when an argument has no JSON form."""
+    try:
+        return _encoder.encode(obj)
+    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
+        raise EncodeError(f"cannot encode task arguments as JSON: {exc}") from exc
+
+
+def make_task(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskMessage:
+    return TaskMessage(
+        task_id=new_task_id(), args=list(args), kwargs=kwargs, publish_time=time.time()
+    )
+
+
+def decode_task(body: bytes) -> TaskMessage:
+    """Decode a task body; raises ``DecodeError`` naming what is wrong."""
+    try:
+        return _task_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(f"not a geboost task message: {exc}") from exc
+
+
+def decode_dead_letter(body: bytes) -> DeadLetter:
+    try:
+        return _dead_decoder.decode(body)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise DecodeError(f"not a geboost dead letter: {exc}") from exc

@@ -1,0 +1,134 @@
+"""``BoostOptions`` and ``BrokerKind``: every knob of a booster, validated at construction."""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable
+from typing import Any, Generic, ParamSpec, TypeVar
+
+import msgspec
+
+from geboost.brokers.base import BrokerConfig, is_registered
+from geboost.errors import ConfigurationError, UnknownBrokerError
+
+__all__ = ["BoostOptions", "BrokerConfig", "BrokerKind"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class BrokerKind(str, enum.Enum):
+    """The built-in brokers. Any other registered kind is given as a plain string."""
+
+    MEMORY = "memory"
+    REDIS = "redis"
+    RABBITMQ = "rabbitmq"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
+    """Everything a booster needs. Invalid values raise ``ConfigurationError`` naming the field.
+
+    Units are in the names: ``*_s`` are seconds, ``qps_limit`` is calls started per second.
+    """
+
+    queue_name: str
+    consume_func: Callable[P, R]
+    broker_kind: BrokerKind | str = BrokerKind.MEMORY
+    conn_num: int = 1
+    """Broker connections pulling messages, one puller greenlet each (not one per greenlet)."""
+    concurrent_num: int = 50
+    """Size of the gevent Pool that runs ``consume_func``."""
+    qps_limit: float = 0.0
+    """Calls started per second across all pullers of this booster; 0 = unlimited."""
+    max_retries: int = 3
+    """Retries after the first failed call; then the message is dead-lettered."""
+    retry_backoff_s: float = 1.0
+    """Delay before the first retry; doubles with each further retry."""
+    retry_backoff_max_s: float = 60.0
+    """Upper bound of the retry delay."""
+    task_timeout_s: float = 0.0
+    """A call running longer is interrupted and counts as failed; 0 = no limit."""
+    broker_config: BrokerConfig = msgspec.field(default_factory=BrokerConfig)
+    reconnect_interval_s: float = 60.0
+    """After a failed pull, each puller tries a new connection this often, forever."""
+    push_retries: int = 3
+    """A failed push is retried this many times before ``PublishError`` is raised."""
+    push_retry_interval_s: float = 5.0
+    """Pause between push retries."""
+    fetch_batch: int = 100
+    """Most messages one puller takes per round trip (also capped by free pool slots)."""
+    poll_timeout_s: float = 1.0
+    """Longest a puller blocks in one fetch; bounds how long stop() and idle acks wait."""
+    handle_signals: bool = True
+    """SIGTERM/SIGINT stop consuming boosters gracefully (main thread only)."""
+    log_level: str = "INFO"
+    """Level of geboost's file sink."""
+    log_file: str = ""
+    """Path of a rotating log file for geboost's records; empty = console only."""
+    log_rotation: str = "100 MB"
+    """When the log file rotates: a size ("100 MB") or a time ("00:00", "1 day")."""
+    log_retention: str = "10 days"
+    """How long rotated files are kept ("10 days") or how many ("5 files")."""
+
+    def __post_init__(self) -> None:
+        self._check_identity()
+        self._check_numbers()
+        if not isinstance(self.broker_config, BrokerConfig):
+            raise ConfigurationError(
+                f"broker_config must be a BrokerConfig, got {self.broker_config!r}"
+            )
+
+    def _check_identity(self) -> None:
+        if not isinstance(self.queue_name, str) or not self.queue_name.strip():
+            raise ConfigurationError(
+                f"queue_name must be a non-empty string, got {self.queue_name!r}"
+            )
+        if not callable(self.consume_func):
+            raise ConfigurationError(
+                f"consume_func must be callable, got {self.consume_func!r}"
+            )
+        kind = self.broker_kind
+        if not isinstance(kind, str) or not kind.strip():
+            raise ConfigurationError(f"broker_kind must be a BrokerKind or str, got {kind!r}")
+        if not is_registered(kind):
+            raise UnknownBrokerError(
+                f"broker_kind {kind!r} is not a registered broker "
+                "(BrokerKind.MEMORY, .REDIS, .RABBITMQ or a kind added with register_broker)"
+            )
+
+    def _check_numbers(self) -> None:
+        _int_at_least("conn_num", self.conn_num, 1)
+        _int_at_least("concurrent_num", self.concurrent_num, 1)
+        _int_at_least("max_retries", self.max_retries, 0)
+        _int_at_least("push_retries", self.push_retries, 0)
+        _int_at_least("fetch_batch", self.fetch_batch, 1)
+        _number_at_least("qps_limit", self.qps_limit, 0.0)
+        _number_at_least("retry_backoff_s", self.retry_backoff_s, 0.0)
+        _number_at_least("retry_backoff_max_s", self.retry_backoff_max_s, 0.0)
+        _number_at_least("task_timeout_s", self.task_timeout_s, 0.0)
+        _number_at_least("reconnect_interval_s", self.reconnect_interval_s, 0.0)
+        _number_at_least("push_retry_interval_s", self.push_retry_interval_s, 0.0)
+        _number_at_least("poll_timeout_s", self.poll_timeout_s, 0.001)
+
+    def replace(self, **changes: Any) -> BoostOptions[P, R]:
+        """A copy with some fields changed (validated again)."""
+        return msgspec.structs.replace(self, **changes)
+
+
+def _int_at_least(field: str, value: object, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigurationError(f"{field} must be an int >= {minimum}, got {value!r}")
+
+
+def _number_at_least(field: str, value: object, minimum: float) -> None:
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < minimum
+    ):
+        raise ConfigurationError(f"{field} must be a finite number >= {minimum}, got {value!r}")
