@@ -1,0 +1,49 @@
+"""Logging through loguru: geboost's records carry the queue name (and task id where there is
+one), go to the console through loguru's own default handler, and, when ``log_file`` is set, to
+a rotating file sink.
+
+geboost never removes or reconfigures handlers it did not add, so an application that set up
+loguru itself keeps its configuration. ``enqueue=True`` is never used: it relies on a thread and
+a multiprocessing queue and is known to hang under gevent.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from loguru import logger
+
+if TYPE_CHECKING:
+    from loguru import Logger, Record
+
+__all__ = ["add_file_sink", "queue_logger"]
+
+_FORMAT = (
+    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {extra[queue]} | {extra[task_id]} | {message}"
+)
+_file_sinks: dict[str, int] = {}
+
+
+def queue_logger(queue_name: str) -> Logger:
+    """A logger whose records carry ``queue`` (and an empty ``task_id`` until bound)."""
+    return logger.bind(geboost=True, queue=queue_name, task_id="-")
+
+
+def _is_geboost(record: Record) -> bool:
+    return bool(record["extra"].get("geboost"))
+
+
+def add_file_sink(path: str, *, level: str, rotation: str, retention: str) -> None:
+    """Add (once per path) a rotating file sink that receives geboost's records only."""
+    if not path or path in _file_sinks:
+        return
+    _file_sinks[path] = logger.add(
+        path,
+        level=level,
+        format=_FORMAT,
+        filter=_is_geboost,
+        rotation=rotation,
+        retention=retention,
+        enqueue=False,
+        encoding="utf-8",
+    )

@@ -1,0 +1,78 @@
+"""Helpers shared by the integration and fault tests: free ports, waiting for a port, and
+processes started by the test and always stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip on a developer's machine, fail in CI where every broker must be present."""
+    if IN_CI:
+        pytest.fail(f"CI is set but: {reason}")
+    pytest.skip(reason)
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: object, timeout_s: float, interval_s: float = 0.05) -> bool:
+    """Poll ``predicate()`` until true or ``timeout_s`` passed; returns the last result."""
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(predicate())
+        time.sleep(interval_s)
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait_s: float = 10) -> None:
+    """Send ``sig`` to the process by PID, then SIGKILL if it has not exited in ``wait_s``."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.kill(proc.pid, sig)
+        proc.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=wait_s)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def running(cmd: Sequence[str], **popen_kwargs: object) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``cmd`` for the duration of the block; it is stopped (then killed) by PID after."""
+    proc: subprocess.Popen[bytes] = subprocess.Popen(list(cmd), **popen_kwargs)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+def python_cmd(*args: str) -> list[str]:
+    return [sys.executable, *args]
