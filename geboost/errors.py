@@ -43,7 +43,12 @@ class BrokerConnectionError(BrokerError):
 
 
 class PublishError(BrokerError):
-    """A push could not be delivered after every retry; the message was NOT accepted."""
+    """A push could not be delivered after every retry; the message was NOT accepted.
+
+    For a batch (``push_many``), ``accepted`` counts the messages of earlier batches that were.
+    """
+
+    accepted: int = 0
 
 
 class EncodeError(GeboostError, TypeError):

@@ -18,15 +18,24 @@ if TYPE_CHECKING:
 
 __all__ = ["add_file_sink", "queue_logger"]
 
-_FORMAT = (
-    "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {extra[queue]} | {extra[task_id]} | {message}"
-)
+_FORMAT = "{time:YYYY-MM-DD HH:mm:ss.SSS} | {level: <8} | {name}:{line} | {message}"
 _file_sinks: dict[str, int] = {}
 
 
 def queue_logger(queue_name: str) -> Logger:
-    """A logger whose records carry ``queue`` (and an empty ``task_id`` until bound)."""
-    return logger.bind(geboost=True, queue=queue_name, task_id="-")
+    """A logger whose records carry ``queue`` and ``task_id`` (``-`` until bound).
+
+    Both are also written at the front of the message, so that they show in ANY handler's
+    format, including loguru's default console one, not only in sinks that print ``extra``.
+    """
+    return logger.bind(geboost=True, queue=queue_name, task_id="-").patch(_prefix)
+
+
+def _prefix(record: Record) -> None:
+    extra = record["extra"]
+    task_id = extra.get("task_id", "-")
+    where = f"[{extra['queue']}]" if task_id == "-" else f"[{extra['queue']} task={task_id}]"
+    record["message"] = f"{where} {record['message']}"
 
 
 def _is_geboost(record: Record) -> bool:

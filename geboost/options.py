@@ -88,9 +88,7 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
                 f"queue_name must be a non-empty string, got {self.queue_name!r}"
             )
         if not callable(self.consume_func):
-            raise ConfigurationError(
-                f"consume_func must be callable, got {self.consume_func!r}"
-            )
+            raise ConfigurationError(f"consume_func must be callable, got {self.consume_func!r}")
         kind = self.broker_kind
         if not isinstance(kind, str) or not kind.strip():
             raise ConfigurationError(f"broker_kind must be a BrokerKind or str, got {kind!r}")

@@ -9,10 +9,10 @@ the process.
 from __future__ import annotations
 
 import itertools
+import time
 from collections import deque
 from collections.abc import Sequence
 
-import gevent
 from gevent.event import Event
 
 from geboost.brokers.base import BrokerConfig, Delivery, check_transport_options
@@ -83,10 +83,13 @@ class MemoryReceiver:
         if not q.waiting:
             # Several receivers may wait on the same Event; whoever runs first takes the
             # messages and the others find the deque empty and go back to waiting.
-            with gevent.Timeout(timeout_s, False):
-                while not q.waiting:
-                    q.not_empty.clear()
-                    q.not_empty.wait()
+            deadline = time.monotonic() + timeout_s
+            while not q.waiting:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                q.not_empty.clear()
+                q.not_empty.wait(remaining)
         out: list[Delivery] = []
         while q.waiting and len(out) < max_count:
             body = q.waiting.popleft()

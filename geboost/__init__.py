@@ -1,0 +1,59 @@
+"""geboost: turn any function into a distributed, rate-limited, retrying task.
+
+Importing geboost monkey-patches the standard library with gevent (once, and not if the
+application already did), so that blocking I/O inside consuming functions is cooperative.
+Import it first, before modules that open sockets or import ``ssl``.
+"""
+
+from geboost._patch import ensure_patched
+
+ensure_patched()
+
+from geboost.booster import Booster, PushResult, boost, new_booster  # noqa: E402
+from geboost.brokers.base import (  # noqa: E402
+    Broker,
+    BrokerConfig,
+    Delivery,
+    Receiver,
+    available_broker_kinds,
+    register_broker,
+)
+from geboost.errors import (  # noqa: E402
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    GeboostError,
+    PublishError,
+    UnknownBrokerError,
+)
+from geboost.message import DeadLetter, TaskMessage  # noqa: E402
+from geboost.options import BoostOptions, BrokerKind  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoostOptions",
+    "Booster",
+    "Broker",
+    "BrokerConfig",
+    "BrokerConnectionError",
+    "BrokerError",
+    "BrokerKind",
+    "ConfigurationError",
+    "DeadLetter",
+    "DecodeError",
+    "Delivery",
+    "EncodeError",
+    "GeboostError",
+    "PublishError",
+    "PushResult",
+    "Receiver",
+    "TaskMessage",
+    "UnknownBrokerError",
+    "available_broker_kinds",
+    "boost",
+    "new_booster",
+    "register_broker",
+]
