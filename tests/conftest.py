@@ -1,0 +1,29 @@
+# geboost patches the standard library with gevent on import; do it before anything else in
+# the test process opens sockets, as the README tells users to.
+import geboost  # noqa: F401  isort: skip
+
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from geboost import Booster
+
+
+@pytest.fixture
+def queue_name() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def stop_after() -> Iterator[list[Booster[..., object]]]:
+    """Boosters appended here are stopped (and their queues purged) after the test."""
+    boosters: list[Booster[..., object]] = []
+    yield boosters
+    for b in boosters:
+        b.stop(timeout_s=5)
+        try:
+            b.purge()
+            b.broker.purge(b.dead_letter_queue_name)
+        except geboost.GeboostError:
+            pass

@@ -1,0 +1,222 @@
+"""The promises every broker keeps (see geboost/brokers/base.py), on the protocol directly and
+through a booster. A third-party broker proves itself by adding its kind to ``spec``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gevent
+import pytest
+
+from geboost import (
+    BoostOptions,
+    Broker,
+    BrokerConfig,
+    ConfigurationError,
+    Receiver,
+    new_booster,
+)
+from geboost.brokers.base import get_broker_factory
+from geboost.message import decode_task
+from tests.contract.conftest import BrokerSpec
+from tests.support import wait_for
+
+
+def _bodies(n: int, tag: str = "m") -> list[bytes]:
+    return [f'{{"task_id":"{tag}{i}"}}'.encode() for i in range(n)]
+
+
+def _drain(r: Receiver, want: int, timeout_s: float = 5.0) -> list[Any]:
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        got.extend(r.fetch(want - len(got), 0.2))
+    return got
+
+
+# ---------------------------------------------------------------- the protocol
+def test_publish_then_fetch_in_order_and_counted(broker: Broker, queue_name: str) -> None:
+    broker.publish(queue_name, _bodies(5))
+    assert wait_for(lambda: broker.count(queue_name) == 5, 5)
+    r = broker.open_receiver(queue_name)
+    try:
+        got = _drain(r, 5)
+        assert [d.body for d in got] == _bodies(5)
+        r.ack(got)
+    finally:
+        r.close()
+    assert broker.count(queue_name) == 0
+
+
+def test_fetch_respects_max_count_and_times_out_empty(broker: Broker, queue_name: str) -> None:
+    broker.publish(queue_name, _bodies(10))
+    r = broker.open_receiver(queue_name)
+    try:
+        first = _drain(r, 3)
+        assert len(first) == 3
+        r.ack(first)
+        rest = _drain(r, 7)
+        r.ack(rest)
+        started = time.monotonic()
+        assert list(r.fetch(5, 0.3)) == []
+        assert time.monotonic() - started < 5  # returned by itself, did not hang
+    finally:
+        r.close()
+
+
+def test_held_messages_are_invisible_until_requeued(broker: Broker, queue_name: str) -> None:
+    broker.publish(queue_name, _bodies(2))
+    a, b = broker.open_receiver(queue_name), broker.open_receiver(queue_name)
+    try:
+        held = _drain(a, 2)
+        assert len(held) == 2
+        assert list(b.fetch(2, 0.3)) == []
+        in_flight = broker.in_flight(queue_name)
+        assert in_flight is None or in_flight == 2
+        a.requeue(held)
+        again = _drain(b, 2)
+        assert sorted(d.body for d in again) == sorted(_bodies(2))
+        b.ack(again)
+    finally:
+        a.close()
+        b.close()
+    assert broker.count(queue_name) == 0
+
+
+def test_close_gives_back_what_is_held_and_ack_is_final(broker: Broker, queue_name: str) -> None:
+    broker.publish(queue_name, _bodies(3))
+    a = broker.open_receiver(queue_name)
+    held = _drain(a, 3)
+    a.ack(held[:1])
+    a.close()
+    assert wait_for(lambda: broker.count(queue_name) == 2, 5)
+    b = broker.open_receiver(queue_name)
+    try:
+        back = _drain(b, 2)
+        assert sorted(d.body for d in back) == sorted(_bodies(3)[1:])
+        b.ack(back)
+    finally:
+        b.close()
+
+
+def test_reconnect_then_keep_working(broker: Broker, queue_name: str) -> None:
+    r = broker.open_receiver(queue_name)
+    try:
+        r.reconnect()
+        broker.publish(queue_name, _bodies(1))
+        got = _drain(r, 1)
+        r.reconnect()
+        r.ack(got)  # may be ignored by brokers whose tags died with the connection
+        r.keepalive()
+    finally:
+        r.close()
+    b = broker.open_receiver(queue_name)
+    try:
+        leftover = _drain(b, 1, timeout_s=1.0)
+        b.ack(leftover)
+    finally:
+        b.close()
+    assert len(leftover) <= 1  # delivered again at most once; never lost or multiplied
+
+
+def test_purge_counts_and_empties(broker: Broker, queue_name: str) -> None:
+    broker.publish(queue_name, _bodies(4))
+    assert wait_for(lambda: broker.count(queue_name) == 4, 5)
+    assert broker.purge(queue_name) == 4
+    assert broker.count(queue_name) == 0
+
+
+def test_unknown_transport_option_is_named(spec: BrokerSpec) -> None:
+    config = BrokerConfig(
+        broker_url=spec.config.broker_url, broker_transport_options={"special1": 123}
+    )
+    with pytest.raises(ConfigurationError, match="special1"):
+        get_broker_factory(spec.kind)(config)
+
+
+# ---------------------------------------------------------------- through a booster
+def _options(spec: BrokerSpec, queue_name: str, func: Any, **kw: Any) -> BoostOptions[Any, Any]:
+    return BoostOptions(
+        queue_name=queue_name,
+        consume_func=func,
+        broker_kind=spec.kind,
+        broker_config=spec.config,
+        handle_signals=False,
+        **kw,
+    )
+
+
+def test_every_task_runs_once(spec: BrokerSpec, queue_name: str, stop_after: list[Any]) -> None:
+    ran: list[int] = []
+
+    def record(i: int) -> None:
+        gevent.sleep(0.001)
+        ran.append(i)
+
+    b = new_booster(_options(spec, queue_name, record, conn_num=2, concurrent_num=20))
+    stop_after.append(b)
+    b.push_many([(i,) for i in range(150)])
+    b.push(150)
+    b.consume()
+    assert b.wait_until_idle(timeout_s=30)
+    assert sorted(ran) == list(range(151))
+    b.stop(timeout_s=5)
+    assert b.message_count() == 0
+
+
+def test_failures_retry_then_dead_letter_then_requeue(
+    spec: BrokerSpec, queue_name: str, stop_after: list[Any]
+) -> None:
+    calls: list[int] = []
+
+    def flaky(i: int) -> None:
+        calls.append(i)
+        if i == 1:
+            raise ValueError("always fails")
+        if calls.count(i) < 2:
+            raise ValueError("fails once")
+
+    b = new_booster(_options(spec, queue_name, flaky, max_retries=2, retry_backoff_s=0.01))
+    stop_after.append(b)
+    b.push(0)
+    b.push(1)
+    b.consume()
+    assert wait_for(lambda: b.dead_letter_count() == 1, 20)
+    assert b.wait_until_idle(timeout_s=20)
+    assert calls.count(0) == 2 and calls.count(1) == 3
+    [letter] = b.dead_letters()
+    assert letter.attempts == 3 and "always fails" in letter.error
+    assert decode_task(letter.body.encode()).args == [1]
+    assert b.dead_letter_count() == 1  # listing did not consume
+    b.stop(timeout_s=5)
+    assert b.requeue_dead_letters() == 1
+    assert b.dead_letter_count() == 0 and b.message_count() == 1
+
+
+def test_undecodable_message_is_dead_lettered_and_consumer_goes_on(
+    spec: BrokerSpec, queue_name: str, stop_after: list[Any]
+) -> None:
+    ran: list[int] = []
+    b = new_booster(_options(spec, queue_name, ran.append))
+    stop_after.append(b)
+    b.broker.publish(queue_name, [b"\xff not json"])
+    b.push(7)
+    b.consume()
+    assert wait_for(lambda: ran == [7] and b.dead_letter_count() == 1, 20)
+    [letter] = b.dead_letters()
+    assert letter.attempts == 0 and "not json" in letter.body
+
+
+def test_building_a_booster_does_not_connect(spec: BrokerSpec, queue_name: str) -> None:
+    # Port 9 (discard) on loopback has no broker: construction must neither fail nor hang.
+    unreachable = BrokerConfig(broker_url="127.0.0.1:9" if spec.kind != "memory" else "x")
+    b = new_booster(
+        BoostOptions(
+            queue_name=queue_name,
+            consume_func=print,
+            broker_kind=spec.kind,
+            broker_config=unreachable,
+        )
+    )
+    assert b.queue_name == queue_name
