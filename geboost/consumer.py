@@ -88,6 +88,7 @@ class Engine:
         self._retry_timers: dict[_Job, Greenlet[Any, None]] = {}
         self._unstarted = 0  # fetched, waiting for the rate limiter
         self._running = 0  # calls in the pool
+        self._retries_due = 0  # retry timers that fired and wait for a slot
         if options.qps_limit > 0:
             self._batch_cap = min(options.fetch_batch, max(1, math.ceil(options.qps_limit)))
         else:
@@ -170,8 +171,10 @@ class Engine:
 
     def _pull_once(self, puller: _Puller) -> None:
         self._flush(puller)
-        wanted = min(self._batch_cap, self._free_slots)
-        if wanted == 0:
+        # Retries due now go first: a puller blocked in an empty fetch would otherwise keep
+        # every free slot reserved and starve them.
+        wanted = min(self._batch_cap, self._free_slots - self._retries_due)
+        if wanted <= 0:
             self._slot_freed.clear()
             self._slot_freed.wait(_IDLE_WAIT_S)
             puller.receiver.keepalive()
@@ -329,9 +332,13 @@ class Engine:
 
     def _retry(self, job: _Job) -> None:
         """Timer callback: wait for a free slot and the rate limiter, then run again."""
-        while self._free_slots == 0:
-            self._slot_freed.clear()
-            self._slot_freed.wait(_IDLE_WAIT_S)
+        self._retries_due += 1
+        try:
+            while self._free_slots == 0:
+                self._slot_freed.clear()
+                self._slot_freed.wait(_IDLE_WAIT_S)
+        finally:
+            self._retries_due -= 1
         self._free_slots -= 1
         if not self._bucket.unlimited:
             gevent.sleep(self._bucket.reserve())

@@ -1,12 +1,11 @@
 # geboost patches the standard library with gevent on import; do it before anything else in
 # the test process opens sockets, as the README tells users to.
-import geboost  # noqa: F401  isort: skip
-
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
+import geboost
 from geboost import Booster
 
 

@@ -50,7 +50,9 @@ def wait_for(predicate: object, timeout_s: float, interval_s: float = 0.05) -> b
         time.sleep(interval_s)
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait_s: float = 10) -> None:
+def stop_process(
+    proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, wait_s: float = 10
+) -> None:
     """Send ``sig`` to the process by PID, then SIGKILL if it has not exited in ``wait_s``."""
     if proc.poll() is not None:
         return
