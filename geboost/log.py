@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 from loguru import logger
 
+from geboost.errors import ConfigurationError
+
 if TYPE_CHECKING:
     from loguru import Logger, Record
 
@@ -42,17 +44,26 @@ def _is_geboost(record: Record) -> bool:
     return bool(record["extra"].get("geboost"))
 
 
-def add_file_sink(path: str, *, level: str, rotation: str, retention: str) -> None:
-    """Add (once per path) a rotating file sink that receives geboost's records only."""
+def add_file_sink(path: str, *, level: str, rotation: str, retention: str | int) -> None:
+    """Add (once per path) a rotating file sink that receives geboost's records only.
+
+    Raises ``ConfigurationError`` naming the option loguru could not understand.
+    """
     if not path or path in _file_sinks:
         return
-    _file_sinks[path] = logger.add(
-        path,
-        level=level,
-        format=_FORMAT,
-        filter=_is_geboost,
-        rotation=rotation,
-        retention=retention,
-        enqueue=False,
-        encoding="utf-8",
-    )
+    try:
+        _file_sinks[path] = logger.add(
+            path,
+            level=level,
+            format=_FORMAT,
+            filter=_is_geboost,
+            rotation=rotation,
+            retention=retention,
+            enqueue=False,
+            encoding="utf-8",
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"log options (log_file={path!r}, log_level={level!r}, log_rotation={rotation!r}, "
+            f"log_retention={retention!r}) were refused by loguru: {exc}"
+        ) from exc

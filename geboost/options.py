@@ -71,8 +71,8 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
     """Path of a rotating log file for geboost's records; empty = console only."""
     log_rotation: str = "100 MB"
     """When the log file rotates: a size ("100 MB") or a time ("00:00", "1 day")."""
-    log_retention: str = "10 days"
-    """How long rotated files are kept ("10 days") or how many ("5 files")."""
+    log_retention: str | int = "10 days"
+    """How long rotated files are kept ("10 days"), or how many (an int, e.g. 5)."""
 
     def __post_init__(self) -> None:
         self._check_identity()
