@@ -5,7 +5,9 @@ messages not yet started go back to the queue.
     python examples/forever.py
 """
 
+# isort: off
 import geboost  # noqa: F401  first: gevent patching
+# isort: on
 
 import time
 

@@ -4,7 +4,9 @@ Runs on the in-process memory broker, so it needs no server, and ends once its t
     python examples/quickstart.py
 """
 
+# isort: off
 import geboost  # first: patches the standard library so time.sleep below is cooperative
+# isort: on
 
 import time
 
