@@ -166,7 +166,7 @@ class Engine:
                 # A bug here must not end consumption: log it with the traceback and go on.
                 self._log.exception("puller {} hit an unexpected error; continuing", puller.index)
                 self._stopping.wait(1.0)
-        self._drained.wait()
+        self._wait_drained(puller)
         self._settle_and_close(puller)
 
     def _pull_once(self, puller: _Puller) -> None:
@@ -251,6 +251,17 @@ class Engine:
                 continue
             self._log.info("puller {} reconnected; resuming", puller.index)
             return
+
+    def _wait_drained(self, puller: _Puller) -> None:
+        """While stop() lets calls finish, keep sending their acks and servicing heartbeats:
+        a RabbitMQ connection left silent for two heartbeats would be closed, and every
+        message on it delivered again."""
+        while not self._drained.wait(_IDLE_WAIT_S):
+            try:
+                self._flush(puller)
+                puller.receiver.keepalive()
+            except BrokerError:
+                pass  # the final flush below reports it; the broker redelivers what is unacked
 
     def _settle_and_close(self, puller: _Puller) -> None:
         try:
