@@ -1,0 +1,107 @@
+"""``BrokerKind.RABBITMQ``: RabbitMQ through pika, at-least-once.
+
+Topology: no exchange of our own. Each queue is a durable queue published to through the
+default exchange (routing key = queue name), declared on first use by the publisher and by
+every receiver with the same arguments. Messages are persistent (delivery_mode 2) and
+``publish`` returns only once RabbitMQ confirmed every one of them (publisher confirms, counted
+per batch). Dead letters go to ``<queue>.dlq``, just another durable queue the engine publishes
+to; the configured ``queue_arguments`` do not apply to it (only ``x-queue-type`` does).
+
+Consumption: each receiver (one per puller greenlet) has its own connection and channel, a
+``basic_qos(prefetch_count)`` window and a manual-ack consumer. Unacked messages of a channel
+that closes (worker killed, network lost) are redelivered by RabbitMQ; handles of a closed
+channel are ignored afterwards, never acked on the new one.
+
+URL (``BrokerConfig.broker_url``):
+    ``""``                                  localhost:5672, guest/guest, vhost ``/``
+    ``"host:port"`` or ``"host"``           guest/guest, vhost ``/``
+    ``"amqp://user:pass@host:port/vhost"``  (vhost URL-encoded: ``%2F`` is ``/``)
+    ``"amqps://user:pass@host:port/vhost"`` TLS, port 5671 by default
+The password is never logged nor shown in a repr (``***``). A query string is refused: settings
+go in the transport options.
+
+Transport options (``BrokerConfig.broker_transport_options``; an unknown key is an error):
+    ``prefetch_count`` (int, 100): unacked messages RabbitMQ pushes to ONE receiver (connection).
+        The broker does not know the booster's pool size, so set it to about
+        ``ceil(concurrent_num / conn_num)``, plus a little, to keep the pool full without leaving
+        messages prefetched for long (RabbitMQ's ``consumer_timeout`` also counts those).
+    ``heartbeat_s`` (int, 60): AMQP heartbeat proposed to the broker; 0 turns it off.
+    ``queue_arguments`` (dict, {}): ``x-`` arguments for declaring the work queue, e.g.
+        ``{"x-max-priority": 10}``, ``{"x-message-ttl": 60000}``, ``{"x-queue-type": "quorum"}``.
+        Every worker and producer of a queue must use the same ones (RabbitMQ refuses a declare
+        with different arguments: PRECONDITION_FAILED, raised as ``BrokerError``).
+    ``connect_timeout_s`` (float, 10): socket timeout; the whole AMQP handshake gets twice it.
+    ``blocked_connection_timeout_s`` (float, 60): a connection blocked by a broker resource
+        alarm this long is dropped (the push fails and is retried) instead of hanging.
+    ``confirm_timeout_s`` (float, 30): longest wait for the publisher confirms of one batch.
+    ``confirm_batch_size`` (int, 1000): messages written before waiting for their confirms.
+    ``tls_ca_file`` (str, ""): CA bundle for ``amqps://``; empty = the system's.
+    ``tls_verify`` (bool, True): False skips certificate checks (test brokers only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from geboost.brokers.base import BrokerConfig
+from geboost.brokers.rabbitmq_config import RabbitSettings
+from geboost.brokers.rabbitmq_publisher import Publisher
+from geboost.brokers.rabbitmq_receiver import RabbitMQReceiver
+
+__all__ = ["RabbitMQBroker", "RabbitMQReceiver"]
+
+
+class RabbitMQBroker:
+    """Built without connecting; ``ConfigurationError`` for a bad URL or transport option.
+
+    Its own connection (publish, count, purge) belongs to one owner greenlet, see
+    ``rabbitmq_publisher``; every receiver opens its own.
+    """
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self._settings = RabbitSettings.from_config(
+            config.broker_url, config.broker_transport_options
+        )
+        self._settings.connection_parameters("validation only")  # pika checks, no connection
+        self._publisher = Publisher(self._settings)
+
+    def __repr__(self) -> str:
+        return f"RabbitMQBroker(url={self._settings.masked_url!r})"
+
+    @property
+    def settings(self) -> RabbitSettings:
+        return self._settings
+
+    def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
+        self._publisher.publish(queue_name, bodies)
+
+    def open_receiver(self, queue_name: str) -> RabbitMQReceiver:
+        return RabbitMQReceiver(self._settings, queue_name)
+
+    def count(self, queue_name: str) -> int:
+        def ready(channel: Any) -> int:
+            return int(channel.queue_declare(queue_name, passive=True).method.message_count)
+
+        return self._publisher.run(queue_name, ready)
+
+    def in_flight(self, queue_name: str) -> int | None:
+        # AMQP does not tell (only the management plugin's HTTP API does).
+        return None
+
+    def purge(self, queue_name: str) -> int:
+        def purge(channel: Any) -> int:
+            return int(channel.queue_purge(queue_name).method.message_count)
+
+        return self._publisher.run(queue_name, purge)
+
+    def delete_queue(self, queue_name: str) -> None:
+        """Delete the queue and its messages (tests and tooling; the engine never calls it)."""
+
+        def delete(channel: Any) -> int:
+            return int(channel.queue_delete(queue_name).method.message_count)
+
+        self._publisher.run(queue_name, delete)
+
+    def close(self) -> None:
+        self._publisher.close()

@@ -1,0 +1,355 @@
+"""The broker's own RabbitMQ connection (publish, count, purge), owned by ONE greenlet.
+
+Why an owner greenlet rather than a lock: a pika connection must only ever be driven by one
+greenlet, and it must be driven regularly even when nobody publishes, or RabbitMQ closes it
+for missed heartbeats and the next push pays a failed attempt plus a retry interval. The owner
+waits for requests on a gevent queue and, between requests, services the heartbeats. Callers
+(any number of greenlets) put a request and wait on its ``AsyncResult``. A side benefit: the
+owner merges publish requests that queued up meanwhile into one confirmed batch, so 200
+greenlets pushing at once cost a few confirm round trips, not 200.
+
+Confirms are counted here rather than by pika's ``BlockingChannel``, which waits for the
+broker's confirm after EACH message. Confirm mode is switched on through the channel's
+asynchronous core (``channel._impl``, pika's ``Channel``), the whole batch is written, and the
+connection is driven until every delivery tag is acked (or nacked).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import gevent
+import pika
+import pika.exceptions
+import pika.spec
+from gevent import Greenlet
+from gevent.event import AsyncResult
+from gevent.queue import Empty, Queue
+
+from geboost.brokers.rabbitmq_config import (
+    PIKA_ERRORS,
+    RabbitSettings,
+    close_quietly,
+    declare,
+    open_channel,
+    translate,
+)
+from geboost.errors import BrokerConnectionError, BrokerError
+from geboost.log import queue_logger
+
+__all__ = ["Publisher"]
+
+_PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
+_NOT_FOUND = 404
+
+Action = Callable[[Any], int]
+
+
+class _Request:
+    """One caller's wish: publish ``bodies`` (``action`` None) or run ``action`` on the channel."""
+
+    __slots__ = ("action", "bodies", "closing", "queue_name", "result")
+
+    def __init__(
+        self, queue_name: str, bodies: Sequence[bytes], action: Action | None, closing: bool
+    ) -> None:
+        self.queue_name = queue_name
+        self.bodies = bodies
+        self.action = action
+        self.closing = closing
+        self.result: AsyncResult[int] = AsyncResult()
+
+
+def _wake() -> None:
+    """Timer callback whose only job is to make ``process_data_events`` return."""
+
+
+class Publisher:
+    def __init__(self, settings: RabbitSettings) -> None:
+        self._settings = settings
+        self._requests: Queue[_Request] = Queue()
+        self._owner: Greenlet[Any, None] | None = None
+        self._log = queue_logger("rabbitmq")
+        heartbeat_s = settings.heartbeat_s
+        self._service_interval_s = min(1.0, heartbeat_s / 4) if heartbeat_s else 1.0
+        # Owned by the owner greenlet only:
+        self._connection: pika.BlockingConnection | None = None
+        self._channel: Any = None
+        self._generation = 0
+        self._declared: set[str] = set()
+        self._next_tag = 1
+        self._unconfirmed: set[int] = set()
+        self._nacked: set[int] = set()
+        self._returned: set[str] = set()
+
+    # ----------------------------------------------------------------- callers' side
+    def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
+        if bodies:
+            self._submit(_Request(queue_name, bodies, None, False))
+
+    def run(self, queue_name: str, action: Action) -> int:
+        """``action(channel)``; a queue that does not exist counts as empty (returns 0)."""
+        return self._submit(_Request(queue_name, (), action, False))
+
+    def close(self) -> None:
+        """Close the connection after the requests already queued. Never raises."""
+        if self._owner is None or self._owner.dead:
+            return
+        try:
+            self._submit(_Request("", (), None, True))
+        except BrokerError:
+            pass
+
+    def _submit(self, request: _Request) -> int:
+        self._requests.put(request)
+        if self._owner is None or self._owner.dead:
+            self._owner = gevent.spawn(self._serve)
+        # The owner always answers; the bound only guards against it being killed from outside.
+        settings = self._settings
+        batches = 1 + len(request.bodies) // settings.confirm_batch_size
+        bound_s = 3 * settings.connect_timeout_s + batches * settings.confirm_timeout_s + 30
+        try:
+            answer = request.result.get(timeout=bound_s)
+        except gevent.Timeout:
+            raise BrokerConnectionError(
+                f"rabbitmq publisher did not answer within {bound_s:.0f} s"
+            ) from None
+        assert answer is not None
+        return answer
+
+    # ----------------------------------------------------------------- owner's side
+    def _serve(self) -> None:
+        while True:
+            try:
+                request = self._requests.get(timeout=self._service_interval_s)
+            except Empty:
+                self._service_heartbeats()
+                continue
+            if request.closing:
+                self._disconnect()
+                request.result.set(0)
+                if self._requests.empty():
+                    self._owner = None
+                    return
+                continue
+            try:
+                if request.action is None:
+                    self._publish_batch([request, *self._more_publishes(len(request.bodies))])
+                else:
+                    self._run_action(request)
+            except Exception as exc:
+                # A bug must not leave callers waiting forever, nor end the owner.
+                self._log.exception("rabbitmq publisher hit an unexpected error")
+                self._disconnect()
+                if not request.result.ready():
+                    request.result.set_exception(BrokerError(f"unexpected error: {exc!r}"))
+
+    def _more_publishes(self, queued_bodies: int) -> list[_Request]:
+        """Publish requests already waiting, merged into the same confirm batch."""
+        more: list[_Request] = []
+        while queued_bodies < self._settings.confirm_batch_size and not self._requests.empty():
+            nxt = self._requests.peek_nowait()
+            if nxt.action is not None or nxt.closing:
+                break
+            more.append(self._requests.get_nowait())
+            queued_bodies += len(nxt.bodies)
+        return more
+
+    def _service_heartbeats(self) -> None:
+        if self._connection is None:
+            return
+        try:
+            self._connection.process_data_events(time_limit=0)
+        except PIKA_ERRORS as exc:
+            self._log.warning(
+                "publisher connection to {} lost while idle ({}); the next call reconnects",
+                self._settings.masked_url,
+                translate(exc, "heartbeat", self._settings.password),
+            )
+            self._disconnect()
+
+    def _run_action(self, request: _Request) -> None:
+        assert request.action is not None
+        try:
+            self._ensure_connected()
+            request.result.set(request.action(self._channel))
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != _NOT_FOUND:
+                self._fail([request], exc, request.queue_name)
+                return
+            request.result.set(0)
+            self._reopen_channel()
+        except PIKA_ERRORS as exc:
+            self._fail([request], exc, request.queue_name)
+
+    def _publish_batch(self, batch: list[_Request]) -> None:
+        try:
+            self._ensure_connected()
+            declared = self._declare_each(batch)
+            ranges = [self._write(request) for request in declared]
+            self._await_confirms()
+        except PIKA_ERRORS as exc:
+            self._fail(batch, exc, batch[0].queue_name)
+            return
+        except BrokerError as exc:
+            self._disconnect()
+            for request in batch:
+                if not request.result.ready():
+                    request.result.set_exception(exc)
+            return
+        for request, (first, end) in zip(declared, ranges, strict=True):
+            self._answer(request, first, end)
+        self._nacked.clear()
+        self._returned.clear()
+
+    def _declare_each(self, batch: list[_Request]) -> list[_Request]:
+        """Declare each queue once per connection; a refused declare fails only its request."""
+        ok: list[_Request] = []
+        for request in batch:
+            if request.queue_name not in self._declared:
+                try:
+                    declare(self._channel, self._settings, request.queue_name)
+                except pika.exceptions.ChannelClosedByBroker as exc:
+                    request.result.set_exception(
+                        translate(exc, f"declare of {request.queue_name!r}", "")
+                    )
+                    if not self._reopen_channel():
+                        raise BrokerConnectionError(
+                            "rabbitmq: could not reopen the publisher channel"
+                        ) from exc
+                    continue
+                self._declared.add(request.queue_name)
+            ok.append(request)
+        return ok
+
+    def _write(self, request: _Request) -> tuple[int, int]:
+        """Publish the request's bodies; returns its range of delivery tags."""
+        first = self._next_tag
+        for body in request.bodies:
+            # mandatory: a queue deleted since we declared it returns the message instead of
+            # dropping it, and the caller's retry declares it again.
+            self._channel.basic_publish(
+                "", request.queue_name, body, properties=_PERSISTENT, mandatory=True
+            )
+            self._unconfirmed.add(self._next_tag)
+            self._next_tag += 1
+            if len(self._unconfirmed) >= self._settings.confirm_batch_size:
+                self._await_confirms()
+        return first, self._next_tag
+
+    def _await_confirms(self) -> None:
+        assert self._connection is not None
+        deadline = time.monotonic() + self._settings.confirm_timeout_s
+        while self._unconfirmed:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise BrokerConnectionError(
+                    f"rabbitmq did not confirm {len(self._unconfirmed)} message(s) within "
+                    f"{self._settings.confirm_timeout_s} s"
+                )
+            self._connection.process_data_events(time_limit=remaining_s)
+
+    def _answer(self, request: _Request, first: int, end: int) -> None:
+        nacked = sum(1 for tag in self._nacked if first <= tag < end)
+        if request.queue_name in self._returned:
+            self._declared.discard(request.queue_name)
+            request.result.set_exception(
+                BrokerError(f"rabbitmq returned messages for {request.queue_name!r}: no such queue")
+            )
+        elif nacked:
+            request.result.set_exception(
+                BrokerError(
+                    f"rabbitmq refused (nacked) {nacked} message(s) for {request.queue_name!r}"
+                )
+            )
+        else:
+            request.result.set(end - first)
+
+    def _fail(self, batch: list[_Request], exc: BaseException, queue_name: str) -> None:
+        error = translate(exc, f"call on queue {queue_name!r}", self._settings.password)
+        self._disconnect()
+        for request in batch:
+            if not request.result.ready():
+                request.result.set_exception(error)
+
+    # ----------------------------------------------------------------- connection
+    def _ensure_connected(self) -> None:
+        if self._connection is not None and self._connection.is_open:
+            return
+        self._disconnect()
+        connection, channel = open_channel(self._settings, "geboost publisher")
+        self._connection = connection
+        self._setup_channel(channel)
+        self._log.debug("publisher connected to {}", self._settings.masked_url)
+
+    def _reopen_channel(self) -> bool:
+        """After the broker closed our channel (refused declare, unknown queue)."""
+        if self._connection is None or not self._connection.is_open:
+            self._disconnect()
+            return False
+        try:
+            self._setup_channel(self._connection.channel())
+        except PIKA_ERRORS:
+            self._disconnect()
+            return False
+        return True
+
+    def _setup_channel(self, channel: Any) -> None:
+        assert self._connection is not None
+        self._generation += 1
+        self._channel = channel
+        self._declared.clear()
+        self._next_tag = 1
+        self._unconfirmed.clear()
+        self._nacked.clear()
+        self._returned.clear()
+        impl = channel._impl  # see the module docstring: confirms counted here, in batches
+        selected: list[bool] = []
+
+        def on_select_ok(_frame: Any) -> None:
+            selected.append(True)
+            self._wake()
+
+        impl.confirm_delivery(
+            ack_nack_callback=functools.partial(self._on_confirm, self._generation),
+            callback=on_select_ok,
+        )
+        impl.add_on_return_callback(functools.partial(self._on_return, self._generation))
+        deadline = time.monotonic() + self._settings.confirm_timeout_s
+        while not selected and time.monotonic() < deadline:
+            self._connection.process_data_events(time_limit=deadline - time.monotonic())
+        if not selected:
+            raise pika.exceptions.AMQPConnectionError("no answer to confirm.select")
+
+    def _on_confirm(self, generation: int, frame: Any) -> None:
+        if generation != self._generation:
+            return  # a late frame of a channel we already replaced
+        method = frame.method
+        tag = method.delivery_tag
+        if method.multiple:
+            settled = {t for t in self._unconfirmed if t <= tag}
+        else:
+            settled = {tag} & self._unconfirmed
+        self._unconfirmed -= settled
+        if isinstance(method, pika.spec.Basic.Nack):
+            self._nacked |= settled
+        if not self._unconfirmed:
+            self._wake()
+
+    def _on_return(self, generation: int, _channel: Any, method: Any, *_rest: Any) -> None:
+        if generation == self._generation:
+            self._returned.add(method.routing_key)
+
+    def _wake(self) -> None:
+        # pika's own advice for a callback on the connection's thread: call_later(0, ...) makes
+        # the running process_data_events return as soon as this callback is done.
+        if self._connection is not None:
+            self._connection.call_later(0, _wake)
+
+    def _disconnect(self) -> None:
+        connection, self._connection, self._channel = self._connection, None, None
+        self._generation += 1
+        close_quietly(connection)
