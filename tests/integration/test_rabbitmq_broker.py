@@ -1,0 +1,377 @@
+"""The RabbitMQ broker on the protocol directly, against the shared RabbitMQ on 127.0.0.1:5672.
+
+Every test uses its own queues and deletes them after; the server itself is never touched.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pytest
+from loguru import logger
+
+from geboost import BrokerConfig, BrokerConnectionError, BrokerError, ConfigurationError
+from geboost.brokers.base import Delivery, get_broker_factory
+from geboost.brokers.rabbitmq import RabbitMQBroker, RabbitMQReceiver
+from geboost.brokers.rabbitmq_config import RabbitSettings
+from tests.support import free_port, port_open, skip_or_fail
+
+pytestmark = pytest.mark.rabbitmq
+
+URL = "127.0.0.1:5672"
+
+
+@pytest.fixture
+def rabbit() -> None:
+    if not port_open("127.0.0.1", 5672):
+        skip_or_fail("no RabbitMQ server answers on 127.0.0.1:5672")
+
+
+@pytest.fixture
+def qname(rabbit: None) -> Iterator[str]:
+    name = f"test-rmq-{uuid.uuid4().hex[:12]}"
+    yield name
+    cleaner = RabbitMQBroker(BrokerConfig(broker_url=URL))
+    for q in (name, name + ".dlq"):
+        try:
+            cleaner.delete_queue(q)
+        except BrokerError:
+            pass
+    cleaner.close()
+
+
+def make(**options: Any) -> RabbitMQBroker:
+    return RabbitMQBroker(BrokerConfig(broker_url=URL, broker_transport_options=options))
+
+
+@pytest.fixture
+def broker(qname: str) -> Iterator[RabbitMQBroker]:
+    b = make()
+    yield b
+    b.close()
+
+
+def bodies(n: int, tag: str = "m") -> list[bytes]:
+    return [f"{tag}{i}".encode() for i in range(n)]
+
+
+def drain(r: RabbitMQReceiver, want: int, timeout_s: float = 5.0) -> list[Delivery]:
+    got: list[Delivery] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        got.extend(r.fetch(want - len(got), 0.2))
+    return got
+
+
+def wait_count(b: RabbitMQBroker, q: str, n: int, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while b.count(q) != n:
+        if time.monotonic() > deadline:
+            return False
+        gevent.sleep(0.05)
+    return True
+
+
+# ---------------------------------------------------------------- configuration (no server)
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("", ("amqp", "localhost", 5672, "/", "guest", "guest")),
+        ("rabbit.example:5673", ("amqp", "rabbit.example", 5673, "/", "guest", "guest")),
+        ("rabbit.example", ("amqp", "rabbit.example", 5672, "/", "guest", "guest")),
+        ("amqp://u:p%40ss@h:1234/v%2Fh", ("amqp", "h", 1234, "v/h", "u", "p@ss")),
+        ("amqp://u:pw@h/%2F", ("amqp", "h", 5672, "/", "u", "pw")),
+        ("amqps://u:pw@h", ("amqps", "h", 5671, "/", "u", "pw")),
+        ("amqp://[::1]:5672/", ("amqp", "::1", 5672, "/", "guest", "guest")),
+    ],
+)
+def test_url_forms(url: str, expected: tuple[Any, ...]) -> None:
+    s = RabbitSettings.from_config(url, {})
+    assert (s.scheme, s.host, s.port, s.vhost, s.username, s.password) == expected
+    params = s.connection_parameters("t")
+    assert (params.host, params.port, params.virtual_host) == expected[1:4]
+    assert (params.ssl_options is not None) == (expected[0] == "amqps")
+
+
+@pytest.mark.parametrize("url", ["redis://h:1", "amqp://h:notaport", "amqp://h/?heartbeat=5"])
+def test_bad_urls_are_configuration_errors(url: str) -> None:
+    with pytest.raises(ConfigurationError):
+        RabbitMQBroker(BrokerConfig(broker_url=url))
+
+
+def test_transport_options_are_checked_and_named() -> None:
+    with pytest.raises(ConfigurationError, match="prefetch_cnt"):
+        make(prefetch_cnt=10)
+    with pytest.raises(ConfigurationError, match="heartbeat_s"):
+        make(heartbeat_s="30")
+    with pytest.raises(ConfigurationError, match="prefetch_count"):
+        make(prefetch_count=0)
+    with pytest.raises(ConfigurationError, match="confirm_timeout_s"):
+        make(confirm_timeout_s=-1)
+    with pytest.raises(ConfigurationError, match="tls_ca_file"):
+        make(tls_ca_file="/nonexistent.pem")  # amqp://, not amqps://
+    b = make(prefetch_count=7, heartbeat_s=5, queue_arguments={"x-max-priority": 3})
+    assert b.settings.prefetch_count == 7 and b.settings.heartbeat_s == 5
+
+
+def test_registry_builds_it_without_connecting() -> None:
+    factory = get_broker_factory("rabbitmq")
+    b = factory(BrokerConfig(broker_url=f"127.0.0.1:{free_port()}"))
+    assert isinstance(b, RabbitMQBroker)
+    b.close()
+
+
+def test_password_is_never_shown(rabbit: None) -> None:
+    secret = "s3cr3t-pw-" + uuid.uuid4().hex[:6]
+    url = f"amqp://guest:{secret}@127.0.0.1:5672/"
+    records: list[str] = []
+    sink = logger.add(lambda m: records.append(str(m)), level="DEBUG")
+    try:
+        b = RabbitMQBroker(BrokerConfig(broker_url=url))
+        r = b.open_receiver("never-created-" + uuid.uuid4().hex[:6])
+        shown = [repr(b), repr(r), repr(b.settings), b.settings.masked_url]
+        with pytest.raises(BrokerConnectionError) as publish_error:
+            b.publish("never-created", [b"x"])  # wrong password: refused by the server
+        with pytest.raises(BrokerConnectionError) as fetch_error:
+            r.fetch(1, 0.1)
+        shown += [str(publish_error.value), str(fetch_error.value)]
+        r.close()
+        b.close()
+    finally:
+        logger.remove(sink)
+    assert "***" in shown[0]
+    for text in shown + records:
+        assert secret not in text
+
+
+# ---------------------------------------------------------------- the protocol
+def test_publish_count_fetch_ack(broker: RabbitMQBroker, qname: str) -> None:
+    broker.publish(qname, bodies(10))
+    assert broker.count(qname) == 10  # confirmed means already counted
+    r = broker.open_receiver(qname)
+    try:
+        got = drain(r, 10)
+        assert [d.body for d in got] == bodies(10)
+        assert broker.in_flight(qname) is None
+        r.ack(got)
+        assert list(r.fetch(5, 0.2)) == []
+    finally:
+        r.close()
+    assert broker.count(qname) == 0
+
+
+def test_out_of_order_acks_never_settle_messages_still_held(
+    broker: RabbitMQBroker, qname: str
+) -> None:
+    broker.publish(qname, bodies(10))
+    r = broker.open_receiver(qname)
+    try:
+        got = drain(r, 6)  # with prefetch, the other 4 sit in the receiver's buffer
+        assert len(got) == 6
+        r.ack([got[1], got[3]])  # not a prefix: one by one
+        r.ack([got[0], got[2], got[4]])  # a prefix (0..4): multiple=True up to 4
+        r.ack([got[3]])  # already acked: ignored, must not close the channel
+        r.ack([got[5]])
+        r.keepalive()
+    finally:
+        r.close()  # the 4 buffered ones go back
+    assert wait_count(broker, qname, 4)
+    r2 = broker.open_receiver(qname)
+    try:
+        rest = drain(r2, 4)
+        assert [d.body for d in rest] == bodies(10)[6:]
+        r2.ack(rest)
+    finally:
+        r2.close()
+    assert broker.count(qname) == 0
+
+
+def test_requeue_goes_to_the_receiver_that_asks(broker: RabbitMQBroker, qname: str) -> None:
+    broker.publish(qname, bodies(3))
+    a, b = broker.open_receiver(qname), broker.open_receiver(qname)
+    try:
+        held = drain(a, 3)
+        assert list(b.fetch(3, 0.2)) == []
+        a.requeue(held[:2])
+        again = drain(b, 2)
+        assert sorted(d.body for d in again) == bodies(3)[:2]
+        b.ack(again)
+        a.ack(held[2:])  # a still settles what it kept
+        more = drain(a, 1, timeout_s=0.5)  # a consumes again: nothing is left
+        assert more == []
+    finally:
+        a.close()
+        b.close()
+    assert broker.count(qname) == 0
+
+
+def test_stale_tags_after_reconnect_are_ignored(broker: RabbitMQBroker, qname: str) -> None:
+    broker.publish(qname, bodies(3))
+    r = broker.open_receiver(qname)
+    try:
+        old = drain(r, 3)
+        r.reconnect()  # the old channel's messages are requeued by RabbitMQ
+        again = drain(r, 3)
+        assert sorted(d.body for d in again) == bodies(3)
+        # Tags restart at 1 on the new channel: acking the old handles must not ack the new
+        # messages (same numbers) nor close the channel.
+        r.ack(old)
+        r.requeue(old)
+        r.keepalive()
+        assert wait_count(broker, qname, 0)
+        r.close()
+        r2 = broker.open_receiver(qname)
+        back = drain(r2, 3)
+        assert sorted(d.body for d in back) == bodies(3)  # none were settled by the stale acks
+        r2.ack(back)
+        r2.close()
+    finally:
+        r.close()
+    assert broker.count(qname) == 0
+
+
+def test_close_requeues_and_never_raises(broker: RabbitMQBroker, qname: str) -> None:
+    broker.publish(qname, bodies(2))
+    r = broker.open_receiver(qname)
+    got = drain(r, 2)
+    r.ack(got[:1])
+    r.close()
+    r.close()
+    assert wait_count(broker, qname, 1)
+    r.ack(got[1:])  # after close: ignored
+    never_opened = broker.open_receiver(qname)
+    never_opened.close()
+    never_opened.keepalive()
+
+
+def test_purge_and_missing_queues(broker: RabbitMQBroker, qname: str) -> None:
+    missing = qname + "-missing"
+    assert broker.count(missing) == 0
+    assert broker.purge(missing) == 0
+    broker.publish(qname, bodies(4))  # the channel closed by the 404s was reopened
+    assert broker.purge(qname) == 4
+    assert broker.count(qname) == 0
+
+
+def test_batches_and_concurrent_publishers(qname: str) -> None:
+    b = make(confirm_batch_size=300)
+    try:
+        b.publish(qname, bodies(2500, "batch"))
+        greenlets = [gevent.spawn(b.publish, qname, [f"g{i}".encode()]) for i in range(200)]
+        gevent.joinall(greenlets, raise_error=True)
+        assert b.count(qname) == 2700
+    finally:
+        b.close()
+
+
+def test_publish_after_the_queue_was_deleted_fails_then_recovers(
+    broker: RabbitMQBroker, qname: str
+) -> None:
+    broker.publish(qname, bodies(1))
+    other = make()
+    other.delete_queue(qname)
+    other.close()
+    with pytest.raises(BrokerError, match="returned"):
+        broker.publish(qname, bodies(1))  # mandatory: not silently dropped
+    broker.publish(qname, bodies(1))  # declared again
+    assert broker.count(qname) == 1
+
+
+def test_consumer_cancelled_by_queue_deletion_reconnects(
+    broker: RabbitMQBroker, qname: str
+) -> None:
+    broker.publish(qname, bodies(1))
+    r = broker.open_receiver(qname)
+    try:
+        r.ack(drain(r, 1))
+        broker.delete_queue(qname)
+        with pytest.raises(BrokerConnectionError):
+            for _ in range(20):
+                r.fetch(1, 0.1)
+        r.reconnect()
+        broker.publish(qname, bodies(1, "after"))
+        got = drain(r, 1)
+        assert [d.body for d in got] == [b"after0"]
+        r.ack(got)
+    finally:
+        r.close()
+
+
+def test_queue_arguments_apply_to_the_work_queue_not_the_dlq(qname: str) -> None:
+    b = make(queue_arguments={"x-message-ttl": 1})
+    try:
+        b.publish(qname, bodies(3))
+        b.publish(qname + ".dlq", bodies(2))
+        assert wait_count(b, qname, 0)  # expired after 1 ms
+        gevent.sleep(0.2)
+        assert b.count(qname + ".dlq") == 2  # dead letters keep
+        plain = make()
+        with pytest.raises(BrokerError, match="x-message-ttl"):
+            plain.publish(qname, bodies(1))  # RabbitMQ refuses different arguments
+        r = plain.open_receiver(qname)
+        with pytest.raises(BrokerError, match="x-message-ttl"):
+            r.fetch(1, 0.1)
+        r.close()
+        b.publish(qname + ".dlq", bodies(1))  # the refused declare did not break b
+        plain.close()
+    finally:
+        b.close()
+
+
+def test_unreachable_broker_fails_fast_and_recovers(qname: str) -> None:
+    b = RabbitMQBroker(BrokerConfig(broker_url=f"127.0.0.1:{free_port()}"))
+    with pytest.raises(BrokerConnectionError):
+        b.publish(qname, [b"x"])
+    with pytest.raises(BrokerConnectionError):
+        b.count(qname)
+    r = b.open_receiver(qname)
+    with pytest.raises(BrokerConnectionError):
+        r.fetch(1, 0.1)
+    with pytest.raises(BrokerConnectionError):
+        r.reconnect()
+    r.close()
+    b.close()
+
+
+def test_heartbeats_keep_idle_connections_alive(qname: str) -> None:
+    b = make(heartbeat_s=1)
+    try:
+        b.publish(qname, bodies(2))
+        r = b.open_receiver(qname)
+        got = drain(r, 1)
+        deadline = time.monotonic() + 4  # > 2 heartbeat intervals
+        while time.monotonic() < deadline:
+            gevent.sleep(0.2)
+            r.keepalive()
+        r.ack(got)
+        more = drain(r, 1)
+        r.ack(more)
+        r.close()
+        b.publish(qname, bodies(1))  # the publisher's owner serviced its heartbeats too
+        assert b.count(qname) == 1
+    finally:
+        b.close()
+
+
+def test_a_receiver_that_is_not_serviced_loses_its_connection(qname: str) -> None:
+    b = make(heartbeat_s=1)
+    try:
+        b.publish(qname, bodies(1))
+        r = b.open_receiver(qname)
+        drain(r, 1)
+        time.sleep(5)  # patched: other greenlets run, this connection is not serviced
+        with pytest.raises(BrokerConnectionError):
+            for _ in range(30):
+                r.keepalive()
+                gevent.sleep(0.1)
+        r.reconnect()
+        again = drain(r, 1)
+        assert [d.body for d in again] == bodies(1)
+        r.ack(again)
+        r.close()
+    finally:
+        b.close()
