@@ -1,0 +1,429 @@
+"""``BrokerKind.REDIS``: at-least-once delivery over plain Redis lists, with leases renewed by
+heartbeats (redis-py, Redis >= 6.2, a single server or a primary; not Redis Cluster).
+
+Data layout, for a queue named ``Q`` (the dead-letter queue ``Q.dlq`` is a queue like any other):
+
+- ``Q`` -- a LIST of waiting message bodies. Producers ``LPUSH``; consumers take from the right,
+  so order is FIFO. Any program that can ``LPUSH`` a JSON task to ``Q`` is a producer.
+- ``geboost:Q:held:<consumer id>`` -- a LIST per receiver of the messages it holds.
+- ``geboost:Q:consumers`` -- a ZSET: consumer id -> time of its last heartbeat (server ms).
+
+Delivery. Taking a message and recording who holds it is one atomic server step: ``LMOVE``
+(a Lua script moving up to N at once) or ``BLMOVE`` from ``Q`` into the receiver's held list.
+If the reply is lost on the way, the message is safe in the held list; on ``reconnect`` the
+receiver gives back what the server says it holds but it never received. ``ack`` removes
+messages from the held list (one script call for a whole batch: ``LREM`` each), ``requeue`` and
+``close`` move them back to the taking end of ``Q``. A fetch costs one round trip when messages
+wait (the first ``BLMOVE`` blocks only when ``Q`` is empty, and for less than the socket
+timeout), so round trips per message are about ``2 / batch size``.
+
+Leases. Each broker runs one small heartbeat greenlet that, every ``heartbeat_interval_s``,
+stamps the ids of all its open receivers in the consumers ZSET (takes stamp it too). The same
+greenlet, every ``recovery_interval_s`` and for each queue it consumes, runs one atomic script
+that moves back to ``Q`` everything held by consumers silent for more than
+``lease_timeout_s``. So a SIGKILLed or unplugged worker's messages are running again within
+``lease_timeout_s + recovery_interval_s`` (40 s by default) as long as any consumer of ``Q`` is
+alive, and at once when the next one starts after that. A call on a live worker keeps its lease
+however long it runs: beats come from the process, not from the call. Times are read from the
+Redis server's clock, so workers' clocks need not agree. A process whose event loop is blocked
+(CPU-bound code that never yields) for longer than the lease looks dead: its messages may run
+twice, never zero times.
+
+Connections: one per receiver (``conn_num`` per booster) plus one shared pool of at most
+``pool_max_connections`` for publishing, counts and heartbeats, whose waiting is
+greenlet-aware, however large ``concurrent_num`` is. Every call makes ONE attempt (redis-py's
+own retries are off); failures raise ``BrokerConnectionError`` / ``BrokerError``, never a
+redis-py exception.
+
+Transport options (``BrokerConfig.broker_transport_options``):
+
+| option | type | default | meaning |
+|---|---|---|---|
+| ``socket_timeout_s`` | float | 5 | a command not answered in this time fails its connection |
+| ``socket_connect_timeout_s`` | float | 3 | longest wait to open a connection |
+| ``socket_keepalive`` | bool | True | TCP keepalive on broker sockets (not for ``unix://``) |
+| ``health_check_interval_s`` | float | 30 | PING a connection idle this long before use; 0 = off |
+| ``client_name`` | str | "" | ``CLIENT SETNAME`` of every connection (shows in ``CLIENT LIST``) |
+| ``pool_max_connections`` | int | 4 | size of the shared pool (publish, counts, heartbeats) |
+| ``pool_timeout_s`` | float | 10 | longest a greenlet waits for a free pool connection |
+| ``heartbeat_interval_s`` | float | 5 | how often a live broker renews its consumers' leases |
+| ``lease_timeout_s`` | float | 30 | silence after which a consumer counts as dead (>= 2 beats) |
+| ``recovery_interval_s`` | float | 10 | how often each live consumer process looks for dead ones |
+| ``publish_chunk_size`` | int | 10000 | bodies per ``LPUSH``; larger batches go in one MULTI |
+| ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` | str | "" | TLS files (rediss:// only) |
+| ``ssl_cert_reqs`` | str | "required" | server certificate check: required, optional, none |
+| ``ssl_check_hostname`` | bool | True | match the server certificate to the host name |
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
+
+import gevent
+from gevent.event import Event
+from gevent.queue import LifoQueue
+from redis import BlockingConnectionPool, ConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from geboost.brokers import redis_scripts as lua
+from geboost.brokers.base import BrokerConfig, Delivery
+from geboost.brokers.redis_config import RedisSettings, RedisTarget, parse_target
+from geboost.errors import BrokerConnectionError, BrokerError
+from geboost.log import queue_logger
+
+__all__ = ["RedisBroker", "RedisReceiver", "consumers_key", "held_key"]
+
+_SCRIPT_CHUNK = 1000  # bodies per script call when acking or requeueing a huge batch
+_FORGET_AFTER_MIN_S = 600.0  # dead consumers' ids are swept for at least this long
+
+
+def consumers_key(queue_name: str) -> str:
+    return f"geboost:{queue_name}:consumers"
+
+
+def held_prefix(queue_name: str) -> str:
+    return f"geboost:{queue_name}:held:"
+
+
+def held_key(queue_name: str, consumer_id: str) -> str:
+    return held_prefix(queue_name) + consumer_id
+
+
+@contextmanager
+def _translated(action: str, where: str) -> Iterator[None]:
+    """redis-py's exceptions become ours here, and nowhere else."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        raise BrokerConnectionError(f"redis {where}: {action} failed: {exc}") from exc
+    except RedisError as exc:
+        raise BrokerError(f"redis {where}: {action} failed: {exc}") from exc
+
+
+class RedisBroker:
+    """``BrokerKind.REDIS``; see the module docstring. Building it does not connect."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        options = dict(config.broker_transport_options)
+        self.settings = RedisSettings.from_options(options)
+        self.target: RedisTarget = parse_target(config.broker_url, self.settings, options)
+        self._pool: BlockingConnectionPool | None = None
+        self._client: Redis | None = None
+        self._live: dict[str, RedisReceiver] = {}  # consumer id -> open receiver
+        self._beater: gevent.Greenlet[Any, None] | None = None
+        self._beater_stop = Event()
+
+    def __repr__(self) -> str:
+        return f"RedisBroker({self.target.display})"
+
+    # ----------------------------------------------------------------- connections
+    def new_connection_pool(self, max_connections: int) -> ConnectionPool:
+        return ConnectionPool(
+            connection_class=self.target.connection_class,
+            max_connections=max_connections,
+            **self.target.connection_kwargs,
+        )
+
+    def _shared(self) -> Redis:
+        """The client on the shared pool, made on first use."""
+        if self._client is None:
+            self._pool = BlockingConnectionPool(  # type: ignore[no-untyped-call]
+                connection_class=self.target.connection_class,
+                max_connections=self.settings.pool_max_connections,
+                timeout=self.settings.pool_timeout_s,
+                # The stdlib queue's waits are not greenlet-aware unless threading is patched.
+                queue_class=LifoQueue,
+                **self.target.connection_kwargs,
+            )
+            self._client = Redis(connection_pool=self._pool)
+        return self._client
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[Redis]:
+        try:
+            with _translated(action, self.target.display):
+                yield self._shared()
+        except BrokerConnectionError:
+            # Pooled connections to a server that went away would each fail once more.
+            if self._pool is not None:
+                self._pool.disconnect(inuse_connections=False)
+            raise
+
+    # ----------------------------------------------------------------- queue-wide operations
+    def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
+        if not bodies:
+            return
+        chunk = self.settings.publish_chunk_size
+        with self._guard(f"publish to {queue_name!r}") as client:
+            if len(bodies) <= chunk:
+                client.lpush(queue_name, *bodies)
+                return
+            # All chunks or none: a retried batch must not half-duplicate.
+            pipe = client.pipeline(transaction=True)
+            for start in range(0, len(bodies), chunk):
+                pipe.lpush(queue_name, *bodies[start : start + chunk])
+            pipe.execute()
+
+    def open_receiver(self, queue_name: str) -> RedisReceiver:
+        return RedisReceiver(self, queue_name)
+
+    def count(self, queue_name: str) -> int:
+        with self._guard(f"count {queue_name!r}") as client:
+            return int(client.llen(queue_name))
+
+    def in_flight(self, queue_name: str) -> int | None:
+        with self._guard(f"in_flight {queue_name!r}") as client:
+            keys = [consumers_key(queue_name)]
+            return int(lua.IN_FLIGHT.run(client, keys, [held_prefix(queue_name)]))
+
+    def purge(self, queue_name: str) -> int:
+        with self._guard(f"purge {queue_name!r}") as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.llen(queue_name)
+            pipe.delete(queue_name)
+            waiting, _ = pipe.execute()
+            return int(waiting)
+
+    def recover(self, queue_name: str) -> int:
+        """Give back what consumers of ``queue_name`` with expired leases hold; how many.
+
+        Runs by itself every ``recovery_interval_s`` while a receiver of the queue is open.
+        """
+        s = self.settings
+        forget_s = max(10 * s.lease_timeout_s, _FORGET_AFTER_MIN_S)
+        with self._guard(f"recover {queue_name!r}") as client:
+            found = lua.RECOVER.run(
+                client,
+                [queue_name, consumers_key(queue_name)],
+                [int(s.lease_timeout_s * 1000), int(forget_s * 1000), held_prefix(queue_name)],
+            )
+        total = 0
+        log = queue_logger(queue_name)
+        for consumer_id, moved in zip(found[::2], found[1::2], strict=True):
+            total += int(moved)
+            log.warning(
+                "consumer {} stopped renewing its lease ({} s); its {} message(s) are back "
+                "on the queue",
+                consumer_id.decode(errors="replace"),
+                s.lease_timeout_s,
+                int(moved),
+            )
+        return total
+
+    def close(self) -> None:
+        self._beater_stop.set()
+        beater, self._beater = self._beater, None
+        if beater is not None:
+            beater.join(timeout=1.0)
+            if not beater.dead:
+                beater.kill(block=False)
+        pool, self._pool, self._client = self._pool, None, None
+        if pool is not None:
+            pool.disconnect()
+
+    # ----------------------------------------------------------------- heartbeats
+    def register(self, receiver: RedisReceiver) -> None:
+        """Keep ``receiver``'s lease alive from now on (until ``unregister``)."""
+        self._live[receiver.consumer_id] = receiver
+        if self._beater is None or self._beater.dead:
+            self._beater_stop = Event()
+            self._beater = gevent.spawn(self._beat_forever, self._beater_stop)
+
+    def unregister(self, receiver: RedisReceiver) -> None:
+        self._live.pop(receiver.consumer_id, None)
+
+    def _beat_forever(self, stop: Event) -> None:
+        """Renew every open receiver's lease and recover dead consumers, on a fixed schedule.
+
+        Leaves when no receiver is open or the broker closes. Failures are logged once per
+        outage: the pullers already report the broker being away.
+        """
+        s = self.settings
+        tick_s = min(s.heartbeat_interval_s, s.recovery_interval_s)
+        next_beat = 0.0
+        next_recovery: dict[str, float] = {}
+        failing = False
+        while self._live and not stop.is_set():
+            now = time.monotonic()
+            try:
+                if now >= next_beat:
+                    self._beat_once()
+                    next_beat = now + s.heartbeat_interval_s
+                for queue_name in {r.queue_name for r in self._live.values()}:
+                    if now >= next_recovery.get(queue_name, 0.0):
+                        self.recover(queue_name)
+                        next_recovery[queue_name] = now + s.recovery_interval_s
+            except BrokerError as exc:
+                if not failing:
+                    queue_logger(next(iter(self._live.values())).queue_name).warning(
+                        "lease heartbeat failed: {}; retrying every {} s", exc, tick_s
+                    )
+                failing = True
+            else:
+                failing = False
+            stop.wait(tick_s)
+
+    def _beat_once(self) -> None:
+        by_queue: dict[str, list[str]] = {}
+        for consumer_id, receiver in list(self._live.items()):
+            by_queue.setdefault(receiver.queue_name, []).append(consumer_id)
+        for queue_name, ids in by_queue.items():
+            with self._guard(f"heartbeat {queue_name!r}") as client:
+                lua.HEARTBEAT.run(client, [consumers_key(queue_name)], ids)
+
+
+class RedisReceiver:
+    """One dedicated connection taking from one queue into this receiver's held list."""
+
+    def __init__(self, broker: RedisBroker, queue_name: str) -> None:
+        self._broker = broker
+        self.queue_name = queue_name
+        self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._keys = [queue_name, held_key(queue_name, self.consumer_id)]
+        self._consumers_key = consumers_key(queue_name)
+        self._client: Redis | None = None
+        # What this receiver handed out and not yet settled: tells orphans (taken on the
+        # server, reply lost) from deliveries the engine still works on.
+        self._outstanding: Counter[bytes] = Counter()
+        self._next_beat = 0.0
+        self._log = queue_logger(queue_name)
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisReceiver({self._broker.target.display}, {self.queue_name!r}, {self.consumer_id})"
+        )
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[Redis]:
+        if self._client is None:
+            self._client = Redis(connection_pool=self._broker.new_connection_pool(1))
+            self._broker.register(self)
+        try:
+            with _translated(f"{action} on {self.queue_name!r}", self._broker.target.display):
+                yield self._client
+        except BrokerConnectionError:
+            self._client.connection_pool.disconnect()
+            raise
+
+    def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
+        with self._guard("fetch") as client:
+            bodies = self._take(client, max_count)
+            if not bodies and timeout_s > 0:
+                first = client.blmove(
+                    self._keys[0],
+                    self._keys[1],
+                    # Redis takes decimal seconds; redis-py's hint says int.
+                    self._block_s(timeout_s),  # type: ignore[arg-type]
+                    "RIGHT",
+                    "LEFT",
+                )
+                if first is None:
+                    return []
+                bodies = [cast(bytes, first)]
+                if max_count > 1:
+                    bodies += self._take(client, max_count - 1)
+        self._outstanding.update(bodies)
+        return [Delivery(body, self.consumer_id) for body in bodies]
+
+    def _take(self, client: Redis, count: int) -> list[bytes]:
+        taken = lua.TAKE.run(client, [*self._keys, self._consumers_key], [count, self.consumer_id])
+        self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
+        return list(taken)
+
+    def _block_s(self, timeout_s: float) -> float:
+        # Shorter than the socket timeout, or a quiet queue would look like a dead server;
+        # never 0, which BLMOVE reads as "forever".
+        return max(0.01, min(timeout_s, self._broker.settings.socket_timeout_s / 2))
+
+    def ack(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        bodies = [d.body for d in deliveries]
+        with self._guard("ack") as client:
+            for start in range(0, len(bodies), _SCRIPT_CHUNK):
+                lua.ACK.run(client, self._keys[1:], bodies[start : start + _SCRIPT_CHUNK])
+        self._settled(bodies)
+
+    def requeue(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        bodies = [d.body for d in deliveries]
+        with self._guard("requeue") as client:
+            self._requeue_bodies(client, bodies)
+        self._settled(bodies)
+
+    def _requeue_bodies(self, client: Redis, bodies: list[bytes]) -> int:
+        moved = 0
+        # Each call puts its first body at the taking end; the last chunk goes first so that
+        # the batch keeps its order.
+        starts = range(0, len(bodies), _SCRIPT_CHUNK)
+        for start in reversed(starts):
+            moved += int(lua.REQUEUE.run(client, self._keys, bodies[start : start + _SCRIPT_CHUNK]))
+        return moved
+
+    def _settled(self, bodies: list[bytes]) -> None:
+        self._outstanding.subtract(bodies)
+        for body in bodies:
+            if self._outstanding[body] <= 0:
+                del self._outstanding[body]
+
+    def keepalive(self) -> None:
+        if time.monotonic() < self._next_beat:
+            return
+        with self._guard("heartbeat") as client:
+            lua.HEARTBEAT.run(client, [self._consumers_key], [self.consumer_id])
+        self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
+
+    def reconnect(self) -> None:
+        with self._guard("reconnect") as client:
+            client.connection_pool.disconnect()
+            client.ping()
+            self._give_back_orphans(client)
+
+    def _give_back_orphans(self, client: Redis) -> None:
+        """Requeue what the server records as ours but whose fetch reply never arrived."""
+        held = cast("list[bytes]", client.lrange(self._keys[1], 0, -1))  # raw replies: bytes
+        orphans = Counter(held) - self._outstanding
+        if not orphans:
+            return
+        bodies: list[bytes] = []
+        for body in reversed(held):  # oldest taken first
+            if orphans[body] > 0:
+                orphans[body] -= 1
+                bodies.append(body)
+        moved = self._requeue_bodies(client, bodies)
+        self._log.warning(
+            "{} message(s) taken by a fetch whose reply was lost are back on the queue", moved
+        )
+
+    def close(self) -> None:
+        self._broker.unregister(self)
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            with _translated(f"close on {self.queue_name!r}", self._broker.target.display):
+                moved = lua.RELEASE.run(
+                    client, [*self._keys, self._consumers_key], [self.consumer_id]
+                )
+            if moved:
+                self._log.info("gave back {} unsettled message(s) on close", moved)
+        except BrokerError as exc:
+            self._log.warning(
+                "could not give back held messages on close ({}); they return to the queue "
+                "within {} s, when this consumer's lease has run out",
+                exc,
+                self._broker.settings.recovery_bound_s,
+            )
+        finally:
+            self._outstanding.clear()
+            client.connection_pool.disconnect()
