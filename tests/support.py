@@ -78,3 +78,27 @@ def running(cmd: Sequence[str], **popen_kwargs: object) -> Iterator[subprocess.P
 
 def python_cmd(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+REDIS_SERVER = "/usr/bin/redis-server"
+
+
+def start_redis_server(
+    directory: str, port: int, *extra: str, wait_s: float = 10
+) -> subprocess.Popen[bytes]:
+    """Start a private ``redis-server`` on 127.0.0.1:``port`` with its files in ``directory``
+    (append-only file on, no RDB snapshots); returns once the port accepts connections.
+
+    Never the shared server: the caller stops it with ``stop_process`` (by PID). Starting it
+    again with the same ``directory`` reloads what the append-only file kept.
+    """
+    cmd = [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--appendonly", "yes"]
+    cmd += ["--dir", directory, "--save", "", *extra]
+    proc: subprocess.Popen[bytes] = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    wait_for(lambda: proc.poll() is not None or port_open("127.0.0.1", port), wait_s)
+    if proc.poll() is not None or not port_open("127.0.0.1", port):
+        stop_process(proc)
+        raise RuntimeError(f"redis-server did not start on port {port}: {' '.join(cmd)}")
+    return proc
