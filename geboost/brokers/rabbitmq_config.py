@@ -189,7 +189,9 @@ def translate(exc: BaseException, doing: str, secret: str) -> BrokerError:
     A closed channel (a refused declare, an unknown queue) is a ``BrokerError``; anything that
     means the connection is gone is a ``BrokerConnectionError``.
     """
-    text = f"{type(exc).__name__}: {exc}".strip()
+    detail = str(exc)
+    # Some pika errors only say what happened in their repr (str() is empty).
+    text = f"{type(exc).__name__}: {detail}" if detail else repr(exc)
     if secret:
         text = text.replace(secret, "***")
     message = f"rabbitmq {doing} failed: {text}"
