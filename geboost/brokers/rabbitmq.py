@@ -1,8 +1,8 @@
 """``BrokerKind.RABBITMQ``: RabbitMQ through pika, at-least-once.
 
 Topology: no exchange of our own. Each queue is a durable queue published to through the
-default exchange (routing key = queue name), declared on first use by the publisher and by
-every receiver with the same arguments. Messages are persistent (delivery_mode 2) and
+default exchange (routing key = queue name), declared on first use (publish, receive, count,
+purge) with the same arguments. Messages are persistent (delivery_mode 2) and
 ``publish`` returns only once RabbitMQ confirmed every one of them (publisher confirms, counted
 per batch). Dead letters go to ``<queue>.dlq``, just another durable queue the engine publishes
 to; the configured ``queue_arguments`` do not apply to it (only ``x-queue-type`` does).
@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geboost.brokers.base import BrokerConfig
-from geboost.brokers.rabbitmq_config import RabbitSettings
+from geboost.brokers.rabbitmq_config import RabbitSettings, declare
 from geboost.brokers.rabbitmq_publisher import Publisher
 from geboost.brokers.rabbitmq_receiver import RabbitMQReceiver
 
@@ -80,8 +80,11 @@ class RabbitMQBroker:
         return RabbitMQReceiver(self._settings, queue_name)
 
     def count(self, queue_name: str) -> int:
+        # A real declare, not a passive one: asking about a queue that does not exist yet
+        # (a dead-letter queue before the first failure) must not close the channel, and the
+        # queue is one the booster will use anyway.
         def ready(channel: Any) -> int:
-            return int(channel.queue_declare(queue_name, passive=True).method.message_count)
+            return declare(channel, self._settings, queue_name)
 
         return self._publisher.run(queue_name, ready)
 
@@ -91,6 +94,7 @@ class RabbitMQBroker:
 
     def purge(self, queue_name: str) -> int:
         def purge(channel: Any) -> int:
+            declare(channel, self._settings, queue_name)
             return int(channel.queue_purge(queue_name).method.message_count)
 
         return self._publisher.run(queue_name, purge)

@@ -224,11 +224,16 @@ def open_channel(
         raise
 
 
-def declare(channel: Any, settings: RabbitSettings, queue_name: str) -> None:
-    """Declare ``queue_name`` durable with the configured arguments (idempotent on the broker)."""
-    channel.queue_declare(
+def declare(channel: Any, settings: RabbitSettings, queue_name: str) -> int:
+    """Declare ``queue_name`` durable with the configured arguments; returns its ready count.
+
+    Idempotent on the broker; RabbitMQ refuses it (PRECONDITION_FAILED, the channel closes)
+    when the queue exists with other arguments.
+    """
+    frame = channel.queue_declare(
         queue=queue_name, durable=True, arguments=settings.arguments_for(queue_name) or None
     )
+    return int(frame.method.message_count)
 
 
 def close_quietly(connection: pika.BlockingConnection | None) -> None:
