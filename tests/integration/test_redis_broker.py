@@ -1,0 +1,452 @@
+"""The Redis broker on the protocol directly, against the shared server on 6379 (unique queue
+names per test) and, for passwords, unix sockets and TLS, against private servers it starts.
+
+Skipped when Redis is absent on a developer's machine, failed when ``CI`` is set."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import pytest
+import redis
+from loguru import logger
+from redis.connection import Connection, SSLConnection, UnixDomainSocketConnection
+
+from geboost import (
+    BoostOptions,
+    BrokerConfig,
+    BrokerConnectionError,
+    BrokerError,
+    BrokerKind,
+    ConfigurationError,
+    PublishError,
+    new_booster,
+)
+from geboost.brokers.redis import RedisBroker, consumers_key, held_key
+from tests.support import (
+    REDIS_SERVER,
+    free_port,
+    port_open,
+    skip_or_fail,
+    start_redis_server,
+    stop_process,
+    wait_for,
+)
+
+pytestmark = pytest.mark.redis
+
+SHARED = "127.0.0.1:6379"
+
+
+def _bodies(n: int, tag: str = "m") -> list[bytes]:
+    return [f'{{"task_id":"{tag}{i}"}}'.encode() for i in range(n)]
+
+
+def _broker(url: str = SHARED, **options: Any) -> RedisBroker:
+    return RedisBroker(BrokerConfig(broker_url=url, broker_transport_options=options))
+
+
+@pytest.fixture
+def shared() -> Iterator[redis.Redis]:
+    if not port_open("127.0.0.1", 6379):
+        skip_or_fail("no Redis server answers on 127.0.0.1:6379")
+    client = redis.Redis(port=6379)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def cleanup(shared: redis.Redis) -> Iterator[list[str]]:
+    """Queue names appended here have every key of theirs deleted after the test."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        keys = [name, f"{name}.dlq", *shared.scan_iter(match=f"geboost:{name}:*")]
+        shared.delete(*keys)
+
+
+@pytest.fixture
+def queue(queue_name: str, cleanup: list[str]) -> str:
+    cleanup.append(queue_name)
+    return queue_name
+
+
+@pytest.fixture
+def tmpdir_path() -> Iterator[str]:
+    if not os.path.exists(REDIS_SERVER):
+        skip_or_fail(f"{REDIS_SERVER} is not installed")
+    with tempfile.TemporaryDirectory(prefix="geboost-redis-") as path:
+        yield path
+
+
+# ---------------------------------------------------------------- configuration
+@pytest.mark.parametrize(
+    ("url", "host", "port", "db"),
+    [
+        ("", "localhost", 6379, 0),
+        ("localhost:6379", "localhost", 6379, 0),
+        ("10.0.0.5", "10.0.0.5", 6379, 0),
+        ("redis://:pw@example.org:6380/3", "example.org", 6380, 3),
+        ("redis://example.org?db=2", "example.org", 6379, 2),
+    ],
+)
+def test_tcp_urls(url: str, host: str, port: int, db: int) -> None:
+    target = _broker(url).target
+    assert target.connection_class is Connection
+    kw = target.connection_kwargs
+    assert (kw["host"], kw["port"], kw["db"]) == (host, port, db)
+
+
+def test_password_user_unix_and_tls_urls() -> None:
+    kw = _broker("redis://alice:p%40ss@h:1/0").target.connection_kwargs
+    assert (kw["username"], kw["password"]) == ("alice", "p@ss")
+    unix = _broker("unix://:pw@/run/redis.sock?db=4").target
+    assert unix.connection_class is UnixDomainSocketConnection
+    assert unix.connection_kwargs["path"] == "/run/redis.sock"
+    assert unix.connection_kwargs["db"] == 4
+    assert unix.connection_kwargs["password"] == "pw"
+    assert "socket_keepalive" not in unix.connection_kwargs  # not a unix socket setting
+    tls = _broker("rediss://h:6380", ssl_ca_certs="/ca.pem", ssl_cert_reqs="none").target
+    assert tls.connection_class is SSLConnection
+    assert tls.connection_kwargs["ssl_ca_certs"] == "/ca.pem"
+    assert tls.connection_kwargs["ssl_cert_reqs"] == "none"
+
+
+@pytest.mark.parametrize(
+    ("url", "options", "named"),
+    [
+        ("amqp://h", {}, "amqp"),
+        ("redis://h/notanumber", {}, "notanumber"),
+        ("redis://h:99999999", {}, "99999999"),
+        ("redis://h?socket_timeout=1", {}, "socket_timeout"),
+        ("unix://", {}, "socket path"),
+        ("redis://h", {"ssl_ca_certs": "/ca.pem"}, "ssl_ca_certs"),
+        ("", {"special1": 1}, "special1"),
+        ("", {"socket_timeout_s": "5"}, "socket_timeout_s"),
+        ("", {"socket_timeout_s": 0}, "socket_timeout_s"),
+        ("", {"pool_max_connections": 0}, "pool_max_connections"),
+        ("", {"lease_timeout_s": 1.0, "heartbeat_interval_s": 1.0}, "lease_timeout_s"),
+        ("", {"ssl_cert_reqs": "maybe"}, "ssl_cert_reqs"),
+    ],
+)
+def test_bad_configuration_is_named(url: str, options: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigurationError, match=named):
+        _broker(url, **options)
+
+
+def test_one_attempt_per_call_no_driver_retries() -> None:
+    """A server that hangs up at once: redis-py's default policy would connect 4 times."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[int] = []
+
+    def hang_up() -> None:
+        while True:
+            conn, _ = listener.accept()
+            accepted.append(1)
+            conn.close()
+
+    server = gevent.spawn(hang_up)
+    broker = _broker(f"127.0.0.1:{listener.getsockname()[1]}")  # building does not connect
+    try:
+        assert accepted == []
+        with pytest.raises(BrokerConnectionError):
+            broker.publish("never", [b"x"])
+        gevent.sleep(0.2)
+        assert len(accepted) == 1
+    finally:
+        server.kill()
+        listener.close()
+        broker.close()
+
+
+def test_password_never_shown(queue_name: str) -> None:
+    secret = "s3cr3t-Pa55"
+    lines: list[str] = []
+    sink = logger.add(lines.append, format="{message}", level="DEBUG")
+    try:
+        down = _broker(f"redis://:{secret}@127.0.0.1:{free_port()}/0")
+        assert secret not in repr(down) and "***" in repr(down)
+        assert secret not in repr(down.target)
+        booster = new_booster(
+            BoostOptions(
+                queue_name=queue_name,
+                consume_func=print,
+                broker_kind=BrokerKind.REDIS,
+                broker_config=BrokerConfig(broker_url=f"redis://:{secret}@127.0.0.1:9/0"),
+                push_retries=1,
+                push_retry_interval_s=0.01,
+                handle_signals=False,
+            )
+        )
+        with pytest.raises(PublishError) as info:
+            booster.push()
+        assert secret not in str(info.value)
+        receiver = down.open_receiver(queue_name)
+        with pytest.raises(BrokerConnectionError) as again:
+            receiver.fetch(1, 0.1)
+        assert secret not in str(again.value) and secret not in repr(receiver)
+        receiver.close()
+        down.close()
+        booster.stop()
+    finally:
+        logger.remove(sink)
+    assert lines and not any(secret in line for line in lines)
+
+
+# ---------------------------------------------------------------- private servers
+def test_password_protected_server_and_unix_socket(tmpdir_path: str, queue_name: str) -> None:
+    port = free_port()
+    sock = os.path.join(tmpdir_path, "redis.sock")
+    proc = start_redis_server(
+        tmpdir_path, port, "--requirepass", "pw:with@odd", "--unixsocket", sock
+    )
+    try:
+        for url in (
+            f"redis://:pw%3Awith%40odd@127.0.0.1:{port}/1",
+            f"unix://:pw%3Awith%40odd@{sock}",
+        ):
+            broker = _broker(url)
+            broker.publish(queue_name, _bodies(3))
+            receiver = broker.open_receiver(queue_name)
+            got = receiver.fetch(5, 1.0)
+            assert [d.body for d in got] == _bodies(3)
+            receiver.ack(got)
+            receiver.close()
+            assert broker.count(queue_name) == 0
+            broker.close()
+        wrong = _broker(f"redis://:nope@127.0.0.1:{port}")
+        with pytest.raises(BrokerConnectionError):
+            wrong.count(queue_name)
+        wrong.close()
+    finally:
+        stop_process(proc)
+
+
+def test_tls_server(tmpdir_path: str, queue_name: str) -> None:
+    if shutil.which("openssl") is None:
+        skip_or_fail("openssl is not installed (needed to make a test certificate)")
+    cert, key = os.path.join(tmpdir_path, "cert.pem"), os.path.join(tmpdir_path, "key.pem")
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-keyout", key, "-out", cert, "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    port = free_port()
+    tls = ["--tls-port", str(port), "--tls-cert-file", cert, "--tls-key-file", key]
+    tls += ["--tls-ca-cert-file", cert, "--tls-auth-clients", "no"]
+    # The plain port is only there to tell when the server is up.
+    proc = start_redis_server(tmpdir_path, free_port(), *tls)
+    try:
+        broker = _broker(f"rediss://localhost:{port}", ssl_ca_certs=cert)
+        broker.publish(queue_name, _bodies(2))
+        receiver = broker.open_receiver(queue_name)
+        got = receiver.fetch(2, 1.0)
+        assert [d.body for d in got] == _bodies(2)
+        receiver.ack(got)
+        receiver.close()
+        broker.close()
+        untrusted = _broker(f"rediss://localhost:{port}")  # the system CAs do not know it
+        with pytest.raises(BrokerConnectionError):
+            untrusted.count(queue_name)
+        untrusted.close()
+    finally:
+        stop_process(proc)
+
+
+# ---------------------------------------------------------------- the protocol on Redis
+def test_layout_batch_fetch_fifo_and_counts(shared: redis.Redis, queue: str) -> None:
+    broker = _broker()
+    broker.publish(queue, _bodies(100))
+    assert shared.llen(queue) == 100  # the queue is a plain list named like the queue
+    shared.lpush(queue, b'{"task_id":"from-another-language"}')
+    r = broker.open_receiver(queue)
+    try:
+        first = r.fetch(60, 1.0)
+        assert [d.body for d in first] == _bodies(60)  # one call, FIFO
+        assert broker.count(queue) == 41
+        assert broker.in_flight(queue) == 60
+        assert shared.llen(held_key(queue, r.consumer_id)) == 60
+        assert shared.zscore(consumers_key(queue), r.consumer_id) is not None
+        r.ack(first)
+        rest = r.fetch(100, 1.0)
+        assert [d.body for d in rest][-1] == b'{"task_id":"from-another-language"}'
+        r.ack(rest)
+        assert broker.in_flight(queue) == 0
+    finally:
+        r.close()
+        broker.close()
+    assert shared.zscore(consumers_key(queue), r.consumer_id) is None
+
+
+def test_requeue_goes_first_in_order_and_close_gives_back(shared: redis.Redis, queue: str) -> None:
+    broker = _broker()
+    broker.publish(queue, _bodies(6))
+    a = broker.open_receiver(queue)
+    got = a.fetch(4, 1.0)
+    a.requeue(got[1:3])
+    a.close()  # gives back got[0] and got[3]
+    assert broker.in_flight(queue) == 0
+    b = broker.open_receiver(queue)
+    try:
+        again = b.fetch(6, 1.0)
+        # Given back on close: oldest taken first; then the requeued pair, then the untaken.
+        order = [0, 3, 1, 2, 4, 5]
+        assert [d.body for d in again] == [_bodies(6)[i] for i in order]
+        b.ack(again)
+    finally:
+        b.close()
+        broker.close()
+
+
+def test_purge_and_chunked_publish_keep_fifo(queue: str) -> None:
+    broker = _broker(publish_chunk_size=100)
+    bodies = _bodies(1050)
+    broker.publish(queue, bodies)
+    assert broker.count(queue) == 1050
+    r = broker.open_receiver(queue)
+    try:
+        got = r.fetch(1050, 1.0)
+        assert [d.body for d in got] == bodies
+        r.requeue(got)
+        assert broker.count(queue) == 1050
+        assert broker.purge(queue) == 1050
+        assert broker.count(queue) == 0 and broker.purge(queue) == 0
+    finally:
+        r.close()
+        broker.close()
+
+
+def test_block_is_shorter_than_socket_timeout(queue: str) -> None:
+    broker = _broker(socket_timeout_s=0.4)
+    r = broker.open_receiver(queue)
+    try:
+        assert r.fetch(3, 2.0) == []  # a 2 s block would hit the 0.4 s socket timeout
+        r.keepalive()
+        gevent.spawn_later(0.1, broker.publish, queue, _bodies(2))
+        got: list[Any] = []
+        wait_for(lambda: bool(got.extend(r.fetch(3, 1.0))) or len(got) == 2, 5)
+        assert [d.body for d in got] == _bodies(2)
+        r.ack(got)
+    finally:
+        r.close()
+        broker.close()
+
+
+def test_lost_fetch_reply_is_given_back_on_reconnect(shared: redis.Redis, queue: str) -> None:
+    broker = _broker()
+    broker.publish(queue, _bodies(3))
+    r = broker.open_receiver(queue)
+    try:
+        kept = r.fetch(1, 1.0)
+        # The server moved one more to our held list but the reply never arrived.
+        shared.lmove(queue, held_key(queue, r.consumer_id), "RIGHT", "LEFT")
+        r.reconnect()
+        assert shared.llen(held_key(queue, r.consumer_id)) == 1  # what we know we hold stays
+        assert broker.count(queue) == 2
+        r.ack(kept)
+        rest = r.fetch(2, 1.0)
+        assert [d.body for d in rest] == _bodies(3)[1:]
+        r.ack(rest)
+    finally:
+        r.close()
+        broker.close()
+
+
+def test_errors_are_translated(shared: redis.Redis, queue: str) -> None:
+    broker = _broker()
+    shared.set(queue, b"not a list")
+    with pytest.raises(BrokerError) as info:
+        broker.publish(queue, [b"x"])
+    assert not isinstance(info.value, BrokerConnectionError)
+    assert not isinstance(info.value, redis.RedisError)
+    r = broker.open_receiver(queue)
+    with pytest.raises(BrokerError):
+        r.fetch(1, 0.1)
+    r.close()
+    broker.close()
+    down = _broker(f"127.0.0.1:{free_port()}")
+    rd = down.open_receiver(queue)
+    for call in (lambda: rd.fetch(1, 0.1), rd.reconnect, rd.keepalive, lambda: down.count(queue)):
+        with pytest.raises(BrokerConnectionError):
+            call()
+    rd.close()  # never raises
+    down.close()
+
+
+# ---------------------------------------------------------------- leases
+_FAST = {"heartbeat_interval_s": 0.1, "lease_timeout_s": 0.5, "recovery_interval_s": 0.1}
+
+
+def test_dead_consumer_messages_come_back_live_ones_stay(queue: str) -> None:
+    dead_broker, live_broker, watcher = _broker(**_FAST), _broker(**_FAST), _broker(**_FAST)
+    dead = dead_broker.open_receiver(queue)
+    live = live_broker.open_receiver(queue)
+    watch = watcher.open_receiver(queue)
+    try:
+        dead_broker.publish(queue, _bodies(4))
+        held_dead = dead.fetch(2, 1.0)
+        held_live = live.fetch(2, 1.0)
+        assert len(held_dead) == 2 and len(held_live) == 2
+        dead_broker.close()  # its heartbeats stop: as if the process had been killed
+        watch.fetch(1, 0.01)  # the watcher is consuming (and so recovering) too
+        back: list[Any] = []
+        # Back within lease + recovery interval (0.6 s); generous bound for a busy machine.
+        assert wait_for(lambda: bool(back.extend(watch.fetch(4, 0.1))) or len(back) == 2, 10)
+        assert sorted(d.body for d in back) == sorted(d.body for d in held_dead)
+        gevent.sleep(3 * _FAST["lease_timeout_s"])  # the live consumer keeps its lease
+        assert watch.fetch(4, 0.1) == []
+        assert live_broker.in_flight(queue) == 4  # 2 still live, 2 taken again
+        live.ack(held_live)
+        watch.ack(back)
+        dead.ack(held_dead)  # settled elsewhere already: ignored
+        assert live_broker.in_flight(queue) == 0 and live_broker.count(queue) == 0
+    finally:
+        for r in (dead, live, watch):
+            r.close()
+        for b in (dead_broker, live_broker, watcher):
+            b.close()
+
+
+def test_connections_bounded_independent_of_concurrency(shared: redis.Redis, queue: str) -> None:
+    name = f"gb-{queue}"
+    broker = _broker(client_name=name, pool_max_connections=2, **_FAST)
+    receivers = [broker.open_receiver(queue) for _ in range(3)]
+    seen: list[int] = []
+
+    def mine() -> int:
+        return sum(1 for c in shared.client_list() if c.get("name") == name)
+
+    def pusher(i: int) -> None:
+        for j in range(5):
+            broker.publish(queue, [f'{{"task_id":"{i}-{j}"}}'.encode()])
+
+    def puller(r: Any) -> None:
+        for _ in range(5):
+            r.ack(r.fetch(50, 0.05))
+
+    try:
+        jobs = [gevent.spawn(pusher, i) for i in range(200)]
+        jobs += [gevent.spawn(puller, r) for r in receivers]
+        while not all(j.dead for j in jobs):
+            seen.append(mine())
+            gevent.sleep(0.01)
+        gevent.joinall(jobs, raise_error=True)
+    finally:
+        for r in receivers:
+            r.close()
+        broker.close()
+    assert max(seen) <= 2 + 3
+    assert wait_for(lambda: mine() == 0, 5)  # everything closed
