@@ -1,0 +1,300 @@
+"""Redis faults: a SIGKILLed worker, Redis stopped or crashed under a worker, pushes while Redis
+is down, and a long call next to a consumer that recovers dead ones.
+
+Each test starts its own ``redis-server`` on a free port (append-only file on, files in a
+temporary directory) and stops it by PID; the shared server on 6379 is never touched. Workers
+are processes (``redis_worker.py``) started and stopped by PID. Measurements are printed (run
+with ``-s`` to see them); assertions are about behaviour, with generous time bounds only so
+that a broken build fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from loguru import logger
+
+from geboost import Booster, BoostOptions, BrokerConfig, BrokerKind, PublishError, new_booster
+from geboost.brokers.redis import consumers_key, held_key
+from geboost.message import encode, make_task
+from tests.support import (
+    REDIS_SERVER,
+    free_port,
+    python_cmd,
+    running,
+    skip_or_fail,
+    start_redis_server,
+    stop_process,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.faults]
+
+ROOT = Path(__file__).resolve().parents[2]
+# Short leases so that the tests are quick: a dead consumer's messages come back within
+# lease + recovery interval = 1.25 s.
+FAST_LEASE = {"heartbeat_interval_s": 0.2, "lease_timeout_s": 1.0, "recovery_interval_s": 0.25}
+RECOVERY_BOUND_S = 1.25
+
+
+class PrivateRedis:
+    """A redis-server this test owns, restartable on the same port with the same files."""
+
+    def __init__(self, directory: str, *extra: str) -> None:
+        self.directory = directory
+        self.extra = extra
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = start_redis_server(self.directory, self.port, *self.extra)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None:
+            stop_process(self.proc, sig)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=5)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    if not os.path.exists(REDIS_SERVER):
+        skip_or_fail(f"{REDIS_SERVER} is not installed")
+    with tempfile.TemporaryDirectory(prefix="geboost-redis-fault-") as path:
+        yield Path(path)
+
+
+@pytest.fixture
+def server(workdir: Path) -> Iterator[PrivateRedis]:
+    srv = PrivateRedis(str(workdir))
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG")
+    yield lines
+    logger.remove(sink)
+
+
+def _task(i: int, sleep_s: float) -> None:
+    pass
+
+
+def producer(queue: str, url: str, **kw: Any) -> Booster[Any, Any]:
+    return new_booster(
+        BoostOptions(
+            queue_name=queue,
+            consume_func=_task,
+            broker_kind=BrokerKind.REDIS,
+            broker_config=BrokerConfig(broker_url=url, broker_transport_options=FAST_LEASE),
+            handle_signals=False,
+            **kw,
+        )
+    )
+
+
+def worker_cmd(queue: str, url: str, record: Path, **config: Any) -> list[str]:
+    config = {
+        "queue": queue,
+        "url": url,
+        "record": str(record),
+        "concurrent_num": 200,
+        "conn_num": 2,
+        "reconnect_interval_s": 1.0,
+        "transport": FAST_LEASE,
+        **config,
+    }
+    return python_cmd("-m", "tests.faults.redis_worker", json.dumps(config))
+
+
+def events(*records: Path) -> Counter[tuple[str, int]]:
+    """(``start`` | ``done``, task number) -> how many times, over the record files."""
+    seen: Counter[tuple[str, int]] = Counter()
+    for path in records:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                kind, number, _pid = line.split()
+                seen[(kind, int(number))] += 1
+    return seen
+
+
+def done(*records: Path) -> set[int]:
+    return {i for (kind, i) in events(*records) if kind == "done"}
+
+
+def _spawn(cmd: list[str], log: Path) -> Any:
+    out = open(log, "ab")
+    return running(cmd, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT), out
+
+
+def test_sigkilled_worker_loses_nothing(server: PrivateRedis, workdir: Path) -> None:
+    queue = f"fault-kill-{uuid.uuid4().hex[:8]}"
+    total = 2000
+    prod = producer(queue, server.url)
+    prod.push_many([(i, 0.5) for i in range(total)])
+    first, second = workdir / "first.txt", workdir / "second.txt"
+    ctx, log = _spawn(worker_cmd(queue, server.url, first), workdir / "first.log")
+    with log, ctx as w1:
+        assert wait_for(lambda: len(done(first)) >= 300, 60), "first worker made no progress"
+        stop_process(w1, signal.SIGKILL)
+    killed_at = time.monotonic()
+    held_by_dead = prod.in_flight_count()
+    done_by_first = len(done(first))
+    ctx, log = _spawn(worker_cmd(queue, server.url, second), workdir / "second.log")
+    with log, ctx as w2:
+        finished = wait_for(
+            lambda: (
+                len(done(first, second)) == total
+                and prod.message_count() == 0
+                and prod.in_flight_count() == 0
+            ),
+            90,
+        )
+        assert w2.poll() is None
+    lost = set(range(total)) - done(first, second)
+    twice = sum(1 for (kind, _), n in events(first, second).items() if kind == "done" and n > 1)
+    print(
+        f"\n[fault 1] first worker finished {done_by_first} before SIGKILL, held {held_by_dead} "
+        f"unfinished; second worker finished the rest in {time.monotonic() - killed_at:.1f} s; "
+        f"lost={len(lost)} ran-twice={twice}"
+    )
+    assert not lost, f"lost tasks: {sorted(lost)[:20]}"
+    assert finished
+    assert held_by_dead and held_by_dead > 0  # the kill did leave messages held
+    prod.stop()
+
+
+@pytest.mark.parametrize("how", ["stopped", "crashed"])
+def test_worker_survives_redis_going_away(workdir: Path, how: str) -> None:
+    extra = ("--appendfsync", "always") if how == "crashed" else ()
+    server = PrivateRedis(str(workdir), *extra)
+    server.start()
+    queue = f"fault-down-{uuid.uuid4().hex[:8]}"
+    total = 1000
+    record = workdir / "worker.txt"
+    try:
+        prod = producer(queue, server.url)
+        prod.push_many([(i, 0.2) for i in range(total)])
+        ctx, log = _spawn(
+            worker_cmd(queue, server.url, record, concurrent_num=50), workdir / "worker.log"
+        )
+        with log, ctx as worker:
+            assert wait_for(lambda: len(done(record)) >= 200, 60)
+            server.stop(signal.SIGTERM if how == "stopped" else signal.SIGKILL)
+            down_at = time.monotonic()
+            done_before = len(done(record))
+            time.sleep(3.0)  # > reconnect_interval_s (1 s): the pullers retry several times
+            assert worker.poll() is None, "the worker exited while Redis was down"
+            server.start()
+            up_at = time.monotonic()
+            finished = wait_for(
+                lambda: (
+                    len(done(record)) == total
+                    and prod.message_count() == 0
+                    and prod.in_flight_count() == 0
+                ),
+                90,
+            )
+            assert worker.poll() is None, "the worker exited"
+        worker_log = (workdir / "worker.log").read_text()
+        lost = set(range(total)) - done(record)
+        twice = sum(1 for (k, _), n in events(record).items() if k == "done" and n > 1)
+        print(
+            f"\n[fault 2/{how}] {done_before} done when Redis went down for "
+            f"{up_at - down_at:.1f} s; queue finished {time.monotonic() - up_at:.1f} s after "
+            f"restart; lost={len(lost)} ran-twice={twice}"
+        )
+        assert not lost, f"lost tasks: {sorted(lost)[:20]}"
+        assert finished
+        assert "lost its broker connection" in worker_log and "reconnected" in worker_log
+        prod.stop()
+    finally:
+        server.stop()
+
+
+def test_push_while_redis_down_retries_then_raises(workdir: Path, log_lines: list[str]) -> None:
+    server = PrivateRedis(str(workdir))
+    queue = f"fault-push-{uuid.uuid4().hex[:8]}"
+    prod = producer(queue, server.url, push_retries=2, push_retry_interval_s=0.3)
+    started = time.monotonic()
+    with pytest.raises(PublishError) as info:
+        prod.push(1, 0.0)
+    took_s = time.monotonic() - started
+    print(f"\n[fault 3] push with Redis down raised PublishError after {took_s:.2f} s")
+    assert queue in str(info.value)
+    errors = [line for line in log_lines if "ERROR" in line and queue in line]
+    retries = [line for line in log_lines if "WARNING" in line and "retrying" in line]
+    assert len(errors) == 1 and len(retries) == 2
+    # About push_retries x push_retry_interval_s: it waited, and redis-py did not add its own
+    # retries with backoff (>= 1 s each) on top. A loose sanity bound, not a speed target.
+    assert 0.6 <= took_s < 3.0
+    with pytest.raises(PublishError) as batch:
+        prod.push_many([(i, 0.0) for i in range(10)])
+    assert batch.value.accepted == 0
+    server.start()  # the same booster works again once Redis is back
+    try:
+        prod.push(2, 0.0)
+        assert prod.message_count() == 1
+    finally:
+        prod.stop()
+        server.stop()
+
+
+def test_long_call_on_live_worker_runs_once(server: PrivateRedis, workdir: Path) -> None:
+    queue = f"fault-long-{uuid.uuid4().hex[:8]}"
+    long_s = 3.2 * RECOVERY_BOUND_S
+    prod = producer(queue, server.url)
+    records = [workdir / "a.txt", workdir / "b.txt"]
+    contexts = [
+        _spawn(worker_cmd(queue, server.url, rec, concurrent_num=5), rec.with_suffix(".log"))
+        for rec in records
+    ]
+    client = server.client()
+    try:
+        with contexts[0][1], contexts[1][1], contexts[0][0] as a, contexts[1][0] as b:
+            prod.push(0, long_s)
+            assert wait_for(lambda: events(*records)[("start", 0)] == 1, 30)
+            # A consumer that died holding a message: the other live worker must bring it
+            # back while the long call goes on, proving recovery runs next to it.
+            client.zadd(consumers_key(queue), {"ghost:1:dead": 0})
+            client.lpush(held_key(queue, "ghost:1:dead"), encode(make_task((1, 0.0), {})))
+            prod.push_many([(i, 0.05) for i in range(2, 40)])
+            assert wait_for(lambda: {0, 1} <= done(*records), 60)
+            time.sleep(2 * RECOVERY_BOUND_S)  # would a late redelivery happen? give it time
+            seen = events(*records)
+            pids = {
+                int(m.decode().split(":")[1]) for m in client.zrange(consumers_key(queue), 0, -1)
+            }
+            assert a.poll() is None and b.poll() is None
+            assert {a.pid, b.pid} <= pids  # both consumers were live and renewing leases
+        print(
+            f"\n[fault 4] a {long_s:.1f} s call (lease 1 s, recovery every 0.25 s) started "
+            f"{seen[('start', 0)]} time(s); the dead consumer's message ran {seen[('done', 1)]}"
+        )
+        assert seen[("start", 0)] == 1 and seen[("done", 0)] == 1
+        assert seen[("done", 1)] >= 1
+        assert done(*records) == set(range(40))
+    finally:
+        client.close()
+        prod.stop()
