@@ -254,20 +254,26 @@ class RedisBroker:
         failing = False
         while self._live and not stop.is_set():
             now = time.monotonic()
+            queue_names = {r.queue_name for r in self._live.values()}
             try:
                 if now >= next_beat:
                     self._beat_once()
                     next_beat = now + s.heartbeat_interval_s
-                for queue_name in {r.queue_name for r in self._live.values()}:
+                for queue_name in queue_names:
                     if now >= next_recovery.get(queue_name, 0.0):
                         self.recover(queue_name)
                         next_recovery[queue_name] = now + s.recovery_interval_s
             except BrokerError as exc:
                 if not failing:
-                    queue_logger(next(iter(self._live.values())).queue_name).warning(
+                    queue_logger(", ".join(sorted(queue_names))).warning(
                         "lease heartbeat failed: {}; retrying every {} s", exc, tick_s
                     )
                 failing = True
+            except Exception:
+                # A bug here must not end the leases of a live process: log it and go on.
+                queue_logger(", ".join(sorted(queue_names))).exception(
+                    "lease heartbeat hit an unexpected error; retrying in {} s", tick_s
+                )
             else:
                 failing = False
             stop.wait(tick_s)

@@ -107,6 +107,14 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True):
         return cls(**options)
 
 
+class _Kwargs(dict[str, Any]):
+    """Connection settings whose repr (in tracebacks, debuggers, loguru's ``diagnose``) hides
+    the password."""
+
+    def __repr__(self) -> str:
+        return repr({k: "***" if k == "password" and v else v for k, v in self.items()})
+
+
 class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
     """A parsed broker URL: what redis-py needs to connect, and a display form without secrets."""
 
@@ -172,15 +180,17 @@ def parse_target(url: str, settings: RedisSettings, given: dict[str, Any]) -> Re
 
 
 def _common_kwargs(settings: RedisSettings) -> dict[str, Any]:
-    return {
-        "socket_timeout": settings.socket_timeout_s,
-        "socket_connect_timeout": settings.socket_connect_timeout_s,
-        "health_check_interval": settings.health_check_interval_s,
-        "client_name": settings.client_name or None,
-        # One attempt per call: the booster owns the retry policy (push_retries) and the
-        # pullers own reconnecting; redis-py's own backoff would multiply both.
-        "retry": Retry(NoBackoff(), 0),
-    }
+    return _Kwargs(
+        {
+            "socket_timeout": settings.socket_timeout_s,
+            "socket_connect_timeout": settings.socket_connect_timeout_s,
+            "health_check_interval": settings.health_check_interval_s,
+            "client_name": settings.client_name or None,
+            # One attempt per call: the booster owns the retry policy (push_retries) and the
+            # pullers own reconnecting; redis-py's own backoff would multiply both.
+            "retry": Retry(NoBackoff(), 0),
+        }
+    )
 
 
 def _ssl_kwargs(settings: RedisSettings) -> dict[str, Any]:

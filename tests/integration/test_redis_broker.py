@@ -176,6 +176,7 @@ def test_password_never_shown(queue_name: str) -> None:
         down = _broker(f"redis://:{secret}@127.0.0.1:{free_port()}/0")
         assert secret not in repr(down) and "***" in repr(down)
         assert secret not in repr(down.target)
+        assert secret not in repr(down.target.connection_kwargs)
         booster = new_booster(
             BoostOptions(
                 queue_name=queue_name,
@@ -450,3 +451,37 @@ def test_connections_bounded_independent_of_concurrency(shared: redis.Redis, que
         broker.close()
     assert max(seen) <= 2 + 3
     assert wait_for(lambda: mine() == 0, 5)  # everything closed
+
+
+def test_booster_connections_do_not_grow_with_concurrent_num(
+    shared: redis.Redis, queue: str, stop_after: list[Any]
+) -> None:
+    name = f"gb-{queue}"
+    config = BrokerConfig(broker_url=SHARED, broker_transport_options={"client_name": name})
+    counts: list[int] = []
+
+    def task(i: int) -> None:
+        # 300 greenlets share the broker's pool of 4 for this call (waiting is greenlet-aware).
+        booster.message_count()
+        gevent.sleep(0.05)
+
+    booster = new_booster(
+        BoostOptions(
+            queue_name=queue,
+            consume_func=task,
+            broker_kind=BrokerKind.REDIS,
+            broker_config=config,
+            conn_num=2,
+            concurrent_num=300,
+            handle_signals=False,
+        )
+    )
+    stop_after.append(booster)
+    booster.push_many([(i,) for i in range(1500)])
+    booster.consume()
+    while not booster.wait_until_idle(timeout_s=0.02, settle_s=0.01):
+        counts.append(sum(1 for c in shared.client_list() if c.get("name") == name))
+    booster.stop(timeout_s=5)
+    print(f"\nconnections seen with 300 greenlets: max {max(counts)} in {len(counts)} samples")
+    assert counts and max(counts) <= 2 + 4  # conn_num + pool_max_connections
+    assert wait_for(lambda: not any(c.get("name") == name for c in shared.client_list()), 5)
