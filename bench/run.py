@@ -1,0 +1,553 @@
+"""geboost's benchmark: one command, one table, measured against the machine's own ceiling.
+
+    python bench/run.py [--quick] [--brokers memory,redis,rabbitmq] [--json bench/results.json]
+
+Every measurement runs in its own process (``bench/worker.py`` for geboost and the bare Pool,
+``bench/ceiling.py`` for plain redis-py and pika), started and always stopped by PID. Consumers
+are separate from the publisher; for the memory broker, which lives in-process, the consumer
+pushes its own tasks before it starts (untimed). Each run checks that exactly the expected set
+of task indexes ran, none failed and every one was acknowledged; otherwise its row says FAILED.
+Ratios to the ceiling, not absolute figures, are what to compare across runs and machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+BROKERS = ("memory", "redis", "rabbitmq")
+BROKER_URLS = {"memory": "", "redis": "127.0.0.1:6379", "rabbitmq": "127.0.0.1:5672"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    publish_n: int = 20_000
+    noop_n: int = 20_000
+    noop_concurrent: int = 50
+    fanout_n: int = 5_000
+    fanout_concurrent: int = 500
+    fanout_sleep_s: float = 0.1
+    big_n: int = 50_000
+    big_concurrent: int = 10_000
+    big_sleep_s: float = 1.0
+    http_n: int = 10_000
+    http_concurrent: int = 1_000
+    http_delay_s: float = 0.1
+    qps_n: int = 2_000
+    qps_limit: float = 200.0
+
+
+QUICK = Sizes(
+    publish_n=300,
+    noop_n=300,
+    fanout_n=200,
+    fanout_concurrent=100,
+    big_n=1_000,
+    big_concurrent=500,
+    big_sleep_s=0.2,
+    http_n=200,
+    http_concurrent=100,
+    qps_n=40,
+    qps_limit=100.0,
+)
+
+
+@dataclass
+class Row:
+    """One line of the table. ``value`` None means FAILED or n/a (said in ``shown``)."""
+
+    broker: str
+    measure: str
+    shown: str
+    value: float | None = None
+    unit: str = ""
+    vs_ceiling: str = ""
+    target: str = ""
+    verdict: str = ""
+    rss_mb: float | None = None
+    connections: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------- processes
+class RunFailed(Exception):
+    pass
+
+
+def run_process(script: str, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """Run ``script spec`` and return its ``RESULT`` line; the process never outlives this."""
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, str(BENCH / script), json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+        )
+        try:
+            out, _ = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            raise RunFailed(f"timed out after {timeout_s:.0f} s") from None
+        finally:
+            if proc.poll() is None:
+                proc.kill()  # by PID: only the process we started
+                proc.wait()
+        for line in out.decode().splitlines():
+            if line.startswith("RESULT "):
+                result: dict[str, Any] = json.loads(line[7:])
+                return result
+        stderr.seek(0)
+        tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
+        raise RunFailed(f"exit {proc.returncode}: " + " | ".join(tail))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def http_server(delay_s: float) -> Iterator[str]:
+    """The 100 ms HTTP server in its own process; yields its base URL, stops it by PID."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH / "http_server.py"), str(port), str(delay_s)]
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the HTTP server did not start") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# --------------------------------------------------------------------- formatting
+def rate(value: float) -> str:
+    return f"{value:,.0f}/s"
+
+
+def failed(result: dict[str, Any]) -> str:
+    parts = [f"{k} {result[k]}" for k in ("missing", "failed", "duplicates") if result.get(k)]
+    if "acked" in result and result.get("calls", 0) and result["acked"] < result["calls"]:
+        parts.append(f"acked {result['acked']}/{result['calls']}")
+    return "FAILED (" + (", ".join(parts) or "see detail") + ")"
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+# --------------------------------------------------------------------- the runs
+@dataclass(frozen=True)
+class Fanout:
+    key: str
+    task: str  # "sleep" or "http"
+    n: int
+    concurrent: int
+    task_s: float
+    target: str
+
+    @property
+    def ideal_s(self) -> float:
+        return math.ceil(self.n / self.concurrent) * self.task_s
+
+    @property
+    def label(self) -> str:
+        what = "GETs of" if self.task == "http" else "x"
+        kind = "http-fanout" if self.task == "http" else "io-fanout"
+        return f"{kind}: {self.n:,} {what} {self.task_s:g} s @{self.concurrent:,}"
+
+
+def fanouts(s: Sizes) -> list[Fanout]:
+    return [
+        Fanout("sleep", "sleep", s.fanout_n, s.fanout_concurrent, s.fanout_sleep_s, "eff >= 0.9"),
+        Fanout(
+            "sleep-big", "sleep", s.big_n, s.big_concurrent, s.big_sleep_s, "eff >= 0.9, RSS < 400"
+        ),
+        Fanout("http", "http", s.http_n, s.http_concurrent, s.http_delay_s, ""),
+    ]
+
+
+# Which plain-client figure each geboost figure is divided by.
+CEILING_OF = {
+    ("redis", "push"): "lpush",
+    ("redis", "push_many"): "lpush_variadic",
+    ("redis", "consume"): "lmove_lrem_pipelined",
+    ("rabbitmq", "push"): "publish_confirmed",
+    ("rabbitmq", "push_many"): "publish_batch_confirmed",
+    ("rabbitmq", "consume"): "consume_prefetch",
+    ("memory", "consume"): "pool_noop",
+}
+CEILING_NAMES = {
+    "lpush": "LPUSH one by one",
+    "lpush_variadic": "LPUSH variadic x1000",
+    "lpush_pipelined": "LPUSH pipelined x1000",
+    "lmove_lrem": "LMOVE + LREM one by one",
+    "lmove_lrem_pipelined": "LMOVE + LREM pipelined x100",
+    "publish_confirmed": "pika publish, confirm each",
+    "publish_batch_confirmed": "pika publish, confirm per 1000",
+    "consume_prefetch": "pika consume, prefetch 100, ack each",
+}
+
+
+class Bench:
+    """Runs the measurements and collects the rows; remembers the queues to delete."""
+
+    def __init__(self, sizes: Sizes, run_id: str, http_url: str) -> None:
+        self.sizes = sizes
+        self.run_id = run_id
+        self.http_url = http_url
+        self.rows: list[Row] = []
+        self.queues: list[str] = []
+        self.pool: dict[str, dict[str, Any]] = {}  # bare-Pool ceilings, by scenario key
+
+    def queue(self, broker: str, name: str) -> str:
+        queue = f"{self.run_id}-{broker}-{name}"
+        self.queues += [queue, queue + ".dlq"]
+        return queue
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        clock = time.strftime("%H:%M:%S")
+        print(f"{clock} {row.broker:<9} {row.measure:<40} {row.shown}", file=sys.stderr, flush=True)
+        return row
+
+    def spec(self, broker: str, **more: Any) -> dict[str, Any]:
+        return {"broker": broker, "broker_url": BROKER_URLS[broker], "url": self.http_url, **more}
+
+    def consume(self, broker: str, name: str, ideal_s: float, **spec: Any) -> dict[str, Any]:
+        """Fill the queue (network brokers: from another process), then drain it in a worker."""
+        spec = self.spec(broker, queue=self.queue(broker, name), **spec)
+        timeout_s = 60 + 4 * ideal_s
+        if broker != "memory" and not spec.get("prefilled"):
+            filled = run_process("worker.py", {**spec, "mode": "fill"}, timeout_s)
+            if not filled["ok"]:
+                raise RunFailed(f"fill queued {filled['queued']} of {spec['n']}")
+        spec.update(mode="consume", prefill=broker == "memory", timeout_s=timeout_s)
+        return run_process("worker.py", spec, timeout_s + 30)
+
+    def rate_row(self, broker: str, measure: str, result: dict[str, Any], key: str) -> Row:
+        value = result[key] if result["ok"] else None
+        shown = rate(value) if value is not None else failed(result)
+        return Row(
+            broker,
+            measure,
+            shown,
+            value,
+            "tasks/s",
+            rss_mb=result.get("peak_rss_mb"),
+            connections=result.get("connections"),
+            detail=result,
+        )
+
+    # ----------------------------------------------------------------- ceilings
+    def pool_ceilings(self) -> None:
+        """The bare ``Pool(concurrent).spawn`` loop of the same calls, broker-independent."""
+        s = self.sizes
+        spec = self.spec(
+            "memory", mode="pool", task="noop", n=s.noop_n, concurrent=s.noop_concurrent
+        )
+        result = self.pool["pool_noop"] = run_process("worker.py", spec, 120)
+        measure = f"ceiling: Pool({s.noop_concurrent}).spawn, {s.noop_n:,} no-op"
+        self.add(self.rate_row("gevent", measure, result, "rate_per_s"))
+        for fan in fanouts(s):
+            spec = self.spec(
+                "memory",
+                mode="pool",
+                task=fan.task,
+                n=fan.n,
+                concurrent=fan.concurrent,
+                sleep_s=fan.task_s,
+            )
+            result = self.pool[fan.key] = run_process("worker.py", spec, 60 + 4 * fan.ideal_s)
+            self.add(self.fanout_row("gevent", "ceiling: bare Pool, " + fan.label, result, fan))
+
+    def client_ceilings(self, broker: str) -> dict[str, Any]:
+        """Plain redis-py or pika loops moving the same messages, on the same broker."""
+        spec = self.spec(broker, mode=broker, queue=self.queue(broker, "ceiling"))
+        result = run_process("ceiling.py", {**spec, "n": self.sizes.publish_n}, 300)
+        for key, figures in result.items():
+            self.add(self.rate_row(broker, "ceiling: " + CEILING_NAMES[key], figures, "rate_per_s"))
+        return result
+
+    # ----------------------------------------------------------------- geboost
+    def publish(self, broker: str, ceiling: dict[str, Any]) -> None:
+        n = self.sizes.publish_n
+        spec = self.spec(
+            broker,
+            mode="publish",
+            queue=self.queue(broker, "noop"),
+            task="noop",
+            n=n,
+            concurrent=self.sizes.noop_concurrent,
+        )
+        result = run_process("worker.py", spec, 300)
+        for call, key in (("push", "push_per_s"), ("push_many", "push_many_per_s")):
+            row = self.rate_row(broker, f"publish: {n:,} x {call}()", result, key)
+            ratio = self.ratio(row, ceiling.get(CEILING_OF.get((broker, call), "")))
+            if broker == "redis" and row.value is not None:
+                if call == "push":
+                    row.target = ">= 0.80 of LPUSH"
+                    row.verdict = verdict(ratio is not None and ratio >= 0.8)
+                else:
+                    row.target = ">= 100,000/s"
+                    row.verdict = verdict(row.value >= 100_000)
+            self.add(row)
+
+    def consume_noop(self, broker: str, ceiling: dict[str, Any]) -> None:
+        s = self.sizes
+        result = self.consume(
+            broker,
+            "noop",
+            1.0,
+            task="noop",
+            n=s.noop_n,
+            concurrent=s.noop_concurrent,
+            prefilled=True,  # by publish(), for the network brokers
+        )
+        measure = f"consume-noop: {s.noop_n:,} @{s.noop_concurrent}, acks"
+        row = self.rate_row(broker, measure, result, "rate_per_s")
+        ratio = self.ratio(row, {**ceiling, **self.pool}.get(CEILING_OF[(broker, "consume")]))
+        if row.value is not None:
+            if broker == "memory":
+                row.target = ">= 0.65 of bare Pool"
+                row.verdict = verdict(ratio is not None and ratio >= 0.65)
+            elif broker == "redis":
+                row.target, row.verdict = ">= 15,000/s", verdict(row.value >= 15_000)
+            else:
+                row.target = ">= 5,000/s, >= 0.80 of pika"
+                row.verdict = verdict(row.value >= 5_000 and ratio is not None and ratio >= 0.8)
+        self.add(row)
+
+    def ratio(self, row: Row, ceiling: dict[str, Any] | None) -> float | None:
+        if row.value is None or not ceiling or not ceiling["ok"]:
+            return None
+        ratio: float = row.value / ceiling["rate_per_s"]
+        row.vs_ceiling = f"{ratio:.2f}"
+        return ratio
+
+    def fanout_row(self, broker: str, measure: str, result: dict[str, Any], fan: Fanout) -> Row:
+        if not result["ok"]:
+            return Row(broker, measure, failed(result), detail=result)
+        elapsed_s = result["elapsed_s"]
+        efficiency = fan.ideal_s / elapsed_s
+        return Row(
+            broker,
+            measure,
+            f"{elapsed_s:.2f} s, eff {efficiency:.2f}",
+            elapsed_s,
+            "s",
+            rss_mb=result["peak_rss_mb"],
+            connections=result.get("connections"),
+            detail={**result, "ideal_s": fan.ideal_s, "efficiency": efficiency},
+        )
+
+    def fanout(self, broker: str, fan: Fanout) -> None:
+        result = self.consume(
+            broker,
+            fan.key,
+            fan.ideal_s,
+            task=fan.task,
+            n=fan.n,
+            concurrent=fan.concurrent,
+            sleep_s=fan.task_s,
+        )
+        row = self.fanout_row(broker, fan.label, result, fan)
+        pool = self.pool.get(fan.key)
+        if row.value is not None:
+            if pool and pool["ok"]:
+                row.vs_ceiling = f"{pool['elapsed_s'] / row.value:.2f}"
+            row.target = fan.target
+            if fan.target:
+                ok = row.detail["efficiency"] >= 0.9
+                if fan.key == "sleep-big":
+                    ok = ok and result["peak_rss_mb"] < 400
+                row.verdict = verdict(ok)
+        self.add(row)
+
+    def qps(self, broker: str) -> None:
+        s = self.sizes
+        result = self.consume(
+            broker,
+            "qps",
+            s.qps_n / s.qps_limit,
+            task="noop",
+            n=s.qps_n,
+            concurrent=50,
+            qps=s.qps_limit,
+        )
+        row = self.rate_row(
+            broker, f"qps: {s.qps_n:,} at qps_limit={s.qps_limit:g}", result, "start_rate_per_s"
+        )
+        if row.value is not None:
+            error_pct = abs(row.value - s.qps_limit) / s.qps_limit * 100
+            row.shown = f"{row.value:.1f}/s, error {error_pct:.2f} %"
+            row.unit = "starts/s"
+            row.target, row.verdict = "error <= 1 %", verdict(error_pct <= 1.0)
+            row.detail["error_pct"] = error_pct
+        self.add(row)
+
+    def available(self, broker: str) -> str:
+        """Empty if a booster of this kind can push and count, else why not."""
+        if broker == "memory":
+            return ""
+        spec = self.spec(
+            broker, mode="probe", queue=self.queue(broker, "probe"), task="noop", n=1, concurrent=1
+        )
+        try:
+            run_process("worker.py", spec, 30)
+        except RunFailed as exc:
+            return str(exc)[:100]
+        return ""
+
+    def broker(self, broker: str) -> None:
+        why = self.available(broker)
+        if why:
+            self.add(Row(broker, "all", f"n/a: broker not available ({why})"))
+            return
+        ceiling: dict[str, Any] = {}
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("client ceilings", lambda: ceiling.update(self.client_ceilings(broker))),
+            ("publish", lambda: self.publish(broker, ceiling)),
+            ("consume-noop", lambda: self.consume_noop(broker, ceiling)),
+            *[(fan.label, partial(self.fanout, broker, fan)) for fan in fanouts(self.sizes)],
+            ("qps", lambda: self.qps(broker)),
+        ]
+        if broker == "memory":
+            steps.pop(0)
+        for name, step in steps:
+            try:
+                step()
+            except RunFailed as exc:
+                self.add(Row(broker, name, f"FAILED ({exc})"))
+
+
+# --------------------------------------------------------------------- the table
+COLUMNS = (
+    ("broker", "broker"),
+    ("measure", "measure"),
+    ("shown", "geboost / figure"),
+    ("vs_ceiling", "vs ceiling"),
+    ("target", "target"),
+    ("verdict", ""),
+    ("rss", "RSS MB"),
+    ("conns", "conns"),
+)
+
+
+def table(rows: list[Row]) -> str:
+    cells = [
+        {
+            **{key: str(getattr(row, key, "")) for key, _ in COLUMNS[:6]},
+            "rss": f"{row.rss_mb:.0f}" if row.rss_mb is not None else "",
+            "conns": str(row.connections) if row.connections is not None else "",
+        }
+        for row in rows
+    ]
+    widths = {key: max([len(title)] + [len(c[key]) for c in cells]) for key, title in COLUMNS}
+    lines = ["  ".join(title.ljust(widths[key]) for key, title in COLUMNS).rstrip()]
+    lines.append("  ".join("-" * widths[key] for key, _ in COLUMNS))
+    lines += ["  ".join(c[key].ljust(widths[key]) for key, _ in COLUMNS).rstrip() for c in cells]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run")
+    parser.add_argument(
+        "--brokers", default=",".join(BROKERS), help="comma-separated, default: all"
+    )
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    unknown = set(brokers) - set(BROKERS)
+    if unknown:
+        parser.error(f"unknown broker(s) {sorted(unknown)}; choose from {BROKERS}")
+    sizes = QUICK if args.quick else Sizes()
+    run_id = f"geboost-bench-{uuid.uuid4().hex[:8]}"
+    started = time.monotonic()
+    with http_server(sizes.http_delay_s) as url:
+        bench = Bench(sizes, run_id, url)
+        try:
+            try:
+                bench.pool_ceilings()
+            except RunFailed as exc:
+                bench.add(Row("gevent", "ceilings", f"FAILED ({exc})"))
+            for broker in brokers:
+                bench.broker(broker)
+        finally:
+            cleanup = {"mode": "cleanup", "redis_prefix": run_id, "rabbit_queues": bench.queues}
+            if set(brokers) - {"memory"}:
+                try:
+                    run_process("ceiling.py", cleanup, 60)
+                except RunFailed as exc:
+                    print(f"cleanup failed: {exc}", file=sys.stderr)
+    elapsed_s = time.monotonic() - started
+    print(table(bench.rows))
+    cpu = machine()["cpu"]
+    print(f"\n{len(bench.rows)} rows in {elapsed_s:.0f} s on {cpu} ({os.cpu_count()} cores)")
+    if args.json:
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "command": " ".join(["python", "bench/run.py", *sys.argv[1:]]),
+                    "machine": machine(),
+                    "elapsed_s": elapsed_s,
+                    "sizes": asdict(sizes),
+                    "rows": [asdict(row) for row in bench.rows],
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    return 1 if any(row.shown.startswith("FAILED") for row in bench.rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
