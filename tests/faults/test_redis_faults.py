@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -161,8 +162,13 @@ def test_sigkilled_worker_loses_nothing(server: PrivateRedis, workdir: Path) -> 
     killed_at = time.monotonic()
     held_by_dead = prod.in_flight_count()
     done_by_first = len(done(first))
+    client = server.client()
+    dead_ids = [m.decode() for m in client.zrange(consumers_key(queue), 0, -1)]
+    recovered_after_s = -1.0
     ctx, log = _spawn(worker_cmd(queue, server.url, second), workdir / "second.log")
     with log, ctx as w2:
+        if wait_for(lambda: sum(client.llen(held_key(queue, c)) for c in dead_ids) == 0, 30):
+            recovered_after_s = time.monotonic() - killed_at
         finished = wait_for(
             lambda: (
                 len(done(first, second)) == total
@@ -176,12 +182,16 @@ def test_sigkilled_worker_loses_nothing(server: PrivateRedis, workdir: Path) -> 
     twice = sum(1 for (kind, _), n in events(first, second).items() if kind == "done" and n > 1)
     print(
         f"\n[fault 1] first worker finished {done_by_first} before SIGKILL, held {held_by_dead} "
-        f"unfinished; second worker finished the rest in {time.monotonic() - killed_at:.1f} s; "
+        f"unfinished, back on the queue {recovered_after_s:.2f} s after the kill (lease 1 s + "
+        f"recovery every 0.25 s); second worker finished the rest in "
+        f"{time.monotonic() - killed_at:.1f} s; "
         f"lost={len(lost)} ran-twice={twice}"
     )
     assert not lost, f"lost tasks: {sorted(lost)[:20]}"
     assert finished
     assert held_by_dead and held_by_dead > 0  # the kill did leave messages held
+    assert recovered_after_s > 0
+    client.close()
     prod.stop()
 
 
@@ -228,6 +238,36 @@ def test_worker_survives_redis_going_away(workdir: Path, how: str) -> None:
         assert not lost, f"lost tasks: {sorted(lost)[:20]}"
         assert finished
         assert "lost its broker connection" in worker_log and "reconnected" in worker_log
+        prod.stop()
+    finally:
+        server.stop()
+
+
+def test_worker_resumes_after_redis_restarts_empty(workdir: Path) -> None:
+    """Redis comes back WITHOUT its data: what it held is gone with it, but the worker goes on
+    by itself and runs what is pushed afterwards."""
+    server = PrivateRedis(str(workdir / "data"))
+    os.mkdir(server.directory)
+    server.start()
+    queue = f"fault-wipe-{uuid.uuid4().hex[:8]}"
+    record = workdir / "worker.txt"
+    try:
+        prod = producer(queue, server.url)
+        prod.push_many([(i, 0.2) for i in range(300)])
+        ctx, log = _spawn(
+            worker_cmd(queue, server.url, record, concurrent_num=20), workdir / "worker.log"
+        )
+        with log, ctx as worker:
+            assert wait_for(lambda: len(done(record)) >= 40, 60)
+            server.stop(signal.SIGKILL)
+            shutil.rmtree(server.directory)
+            os.mkdir(server.directory)
+            time.sleep(2.0)
+            server.start()
+            prod.push_many([(i, 0.0) for i in range(1000, 1050)])
+            resumed = wait_for(lambda: set(range(1000, 1050)) <= done(record), 60)
+            assert worker.poll() is None, "the worker exited"
+        assert resumed
         prod.stop()
     finally:
         server.stop()

@@ -485,3 +485,16 @@ def test_booster_connections_do_not_grow_with_concurrent_num(
     print(f"\nconnections seen with 300 greenlets: max {max(counts)} in {len(counts)} samples")
     assert counts and max(counts) <= 2 + 4  # conn_num + pool_max_connections
     assert wait_for(lambda: not any(c.get("name") == name for c in shared.client_list()), 5)
+
+
+@pytest.mark.parametrize("url", ["", "localhost:6379", "redis://localhost:6379/0"])
+def test_default_and_short_urls_reach_the_local_server(
+    shared: redis.Redis, queue: str, url: str
+) -> None:
+    broker = _broker(url)
+    try:
+        broker.publish(queue, _bodies(2))
+        assert shared.llen(queue) == 2 and broker.count(queue) == 2
+        assert broker.purge(queue) == 2
+    finally:
+        broker.close()
