@@ -301,6 +301,7 @@ class RedisReceiver:
         # server, reply lost) from deliveries the engine still works on.
         self._outstanding: Counter[bytes] = Counter()
         self._next_beat = 0.0
+        self._took = False  # a take was tried since the receiver was opened or closed
         self._log = queue_logger(queue_name)
 
     def __repr__(self) -> str:
@@ -341,6 +342,7 @@ class RedisReceiver:
         return [Delivery(body, self.consumer_id) for body in bodies]
 
     def _take(self, client: Redis, count: int) -> list[bytes]:
+        self._took = True  # before the call: a take whose reply is lost may still have moved
         taken = lua.TAKE.run(client, [*self._keys, self._consumers_key], [count, self.consumer_id])
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
         return list(taken)
@@ -424,7 +426,9 @@ class RedisReceiver:
             if moved:
                 self._log.info("gave back {} unsettled message(s) on close", moved)
         except BrokerError as exc:
-            self._log.warning(
+            # A receiver that never took anything holds nothing: not worth a warning.
+            log = self._log.warning if self._took else self._log.debug
+            log(
                 "could not give back held messages on close ({}); they return to the queue "
                 "within {} s, when this consumer's lease has run out",
                 exc,
@@ -432,4 +436,5 @@ class RedisReceiver:
             )
         finally:
             self._outstanding.clear()
+            self._took = False
             client.connection_pool.disconnect()
