@@ -23,6 +23,7 @@ Every method translates the driver's exceptions: connection trouble raises
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
@@ -42,6 +43,7 @@ __all__ = [
     "available_broker_kinds",
     "check_transport_options",
     "get_broker_factory",
+    "mask_url",
     "register_broker",
 ]
 
@@ -60,6 +62,13 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
     broker_url: str = ""
     broker_transport_options: dict[str, Any] = msgspec.field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # Never print a password: reprs end up in logs and tracebacks.
+        return (
+            f"BrokerConfig(broker_url={mask_url(self.broker_url)!r}, "
+            f"broker_transport_options={self.broker_transport_options!r})"
+        )
+
     def __post_init__(self) -> None:
         if not isinstance(self.broker_url, str):
             raise ConfigurationError(
@@ -70,6 +79,14 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "BrokerConfig.broker_transport_options must be a dict, "
                 f"got {self.broker_transport_options!r}"
             )
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (``redis://:secret@h`` -> ``redis://:***@h``)."""
+    return _PASSWORD_IN_URL.sub(r"\1***@", url)
+
+
+_PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 class Delivery:

@@ -82,3 +82,18 @@ def test_memory_broker_rejects_unknown_transport_option_by_name() -> None:
 
 def test_string_broker_kind_equals_enum() -> None:
     assert new_booster(make(broker_kind="memory")).options.broker_kind == "memory"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:s3cret@localhost:6379/0",
+        "amqp://guest:s3cret@host:5672/vhost",
+        "rediss://u:s3cret@h",
+    ],
+)
+def test_password_never_shows_in_reprs(url: str) -> None:
+    config = BrokerConfig(broker_url=url)
+    assert "s3cret" not in repr(config)
+    assert "s3cret" not in repr(make(broker_config=config))
+    assert "***" in repr(config)
