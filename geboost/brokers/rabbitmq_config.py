@@ -59,14 +59,18 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
     def from_config(cls, url: str, options: Mapping[str, Any]) -> RabbitSettings:
         """Parse ``url`` and ``options``; raises ``ConfigurationError`` naming what is wrong."""
         check_transport_options("rabbitmq", options, _KNOWN_OPTIONS)
-        settings = cls(**_parse_url(url), **dict(options))
+        values = dict(options)
+        if "queue_arguments" in values:
+            values["queue_arguments"] = dict(values["queue_arguments"])  # the caller's stays theirs
+        settings = cls(**_parse_url(url), **values)
         settings._check()
         return settings
 
     def _check(self) -> None:
-        _at_least("prefetch_count", self.prefetch_count, 1)
-        _at_least("heartbeat_s", self.heartbeat_s, 0)
-        _at_least("confirm_batch_size", self.confirm_batch_size, 1)
+        # Both travel as AMQP shorts (16 bits) in basic.qos and connection.tune.
+        _in_range("prefetch_count", self.prefetch_count, 1, 65535)
+        _in_range("heartbeat_s", self.heartbeat_s, 0, 65535)
+        _in_range("confirm_batch_size", self.confirm_batch_size, 1, 1_000_000)
         for name in ("connect_timeout_s", "blocked_connection_timeout_s", "confirm_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
@@ -176,10 +180,10 @@ def _parse_url(url: str) -> dict[str, Any]:
     return found
 
 
-def _at_least(name: str, value: int, minimum: int) -> None:
-    if value < minimum:
+def _in_range(name: str, value: int, minimum: int, maximum: int) -> None:
+    if not minimum <= value <= maximum:
         raise ConfigurationError(
-            f"rabbitmq transport option {name!r} must be >= {minimum}, got {value!r}"
+            f"rabbitmq transport option {name!r} must be in [{minimum}, {maximum}], got {value!r}"
         )
 
 

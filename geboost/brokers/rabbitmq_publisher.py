@@ -63,7 +63,7 @@ class _Request:
         self.result: AsyncResult[int] = AsyncResult()
 
 
-def _wake() -> None:
+def _end_wait() -> None:
     """Timer callback whose only job is to make ``process_data_events`` return."""
 
 
@@ -229,13 +229,15 @@ class Publisher:
         """Publish the request's bodies; returns its range of delivery tags."""
         first = self._next_tag
         for body in request.bodies:
+            # Counted BEFORE the write: basic_publish drives the connection until the frame is
+            # out, and the broker's ack for it may be read (and counted) in that same call.
+            self._unconfirmed.add(self._next_tag)
+            self._next_tag += 1
             # mandatory: a queue deleted since we declared it returns the message instead of
             # dropping it, and the caller's retry declares it again.
             self._channel.basic_publish(
                 "", request.queue_name, body, properties=_PERSISTENT, mandatory=True
             )
-            self._unconfirmed.add(self._next_tag)
-            self._next_tag += 1
             if len(self._unconfirmed) >= self._settings.confirm_batch_size:
                 self._await_confirms()
         return first, self._next_tag
@@ -347,7 +349,7 @@ class Publisher:
         # pika's own advice for a callback on the connection's thread: call_later(0, ...) makes
         # the running process_data_events return as soon as this callback is done.
         if self._connection is not None:
-            self._connection.call_later(0, _wake)
+            self._connection.call_later(0, _end_wait)
 
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None

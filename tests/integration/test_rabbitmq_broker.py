@@ -377,3 +377,23 @@ def test_a_receiver_that_is_not_serviced_loses_its_connection(qname: str) -> Non
         r.close()
     finally:
         b.close()
+
+
+def test_confirms_that_arrive_during_the_write_are_counted(qname: str) -> None:
+    # RabbitMQ may confirm a message while basic_publish is still driving the connection:
+    # such an early ack must count (a missed one made publish wait out the confirm timeout).
+    # Fresh connections, small batches and a consumer make early acks likely.
+    for round_ in range(40):
+        b = make(confirm_timeout_s=3)
+        r = b.open_receiver(qname)
+        try:
+            b.publish(qname, bodies(5, f"r{round_}-"))
+            got = drain(r, 5)
+            r.ack(got)
+            b.publish(qname, bodies(2, f"s{round_}-"))
+            r.ack(drain(r, 2))
+            assert len(got) == 5
+        finally:
+            r.close()
+            b.close()
+    assert make().count(qname) == 0
