@@ -44,6 +44,7 @@ __all__ = ["Publisher"]
 
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 _NOT_FOUND = 404
+IDLE_CLOSE_S = 60.0  # the owner closes the connection and ends after this long without calls
 
 Action = Callable[[Any], int]
 
@@ -122,12 +123,17 @@ class Publisher:
 
     # ----------------------------------------------------------------- owner's side
     def _serve(self) -> None:
+        idle_since = time.monotonic()
         while True:
             try:
                 request = self._requests.get(timeout=self._service_interval_s)
             except Empty:
-                self._service_heartbeats()
-                continue
+                if time.monotonic() - idle_since < IDLE_CLOSE_S:
+                    self._service_heartbeats()
+                    continue
+                # Unused for a long time: close, and end this greenlet so that it does not keep
+                # a gevent.wait() waiting; the next call reconnects.
+                request = _Request("", (), None, True)
             if request.closing:
                 self._disconnect()
                 request.result.set(0)
@@ -135,17 +141,21 @@ class Publisher:
                     self._owner = None
                     return
                 continue
-            try:
-                if request.action is None:
-                    self._publish_batch([request, *self._more_publishes(len(request.bodies))])
-                else:
-                    self._run_action(request)
-            except Exception as exc:
-                # A bug must not leave callers waiting forever, nor end the owner.
-                self._log.exception("rabbitmq publisher hit an unexpected error")
-                self._disconnect()
-                if not request.result.ready():
-                    request.result.set_exception(BrokerError(f"unexpected error: {exc!r}"))
+            self._handle(request)
+            idle_since = time.monotonic()
+
+    def _handle(self, request: _Request) -> None:
+        try:
+            if request.action is None:
+                self._publish_batch([request, *self._more_publishes(len(request.bodies))])
+            else:
+                self._run_action(request)
+        except Exception as exc:
+            # A bug must not leave callers waiting forever, nor end the owner.
+            self._log.exception("rabbitmq publisher hit an unexpected error")
+            self._disconnect()
+            if not request.result.ready():
+                request.result.set_exception(BrokerError(f"unexpected error: {exc!r}"))
 
     def _more_publishes(self, queued_bodies: int) -> list[_Request]:
         """Publish requests already waiting, merged into the same confirm batch."""
@@ -178,12 +188,12 @@ class Publisher:
             request.result.set(request.action(self._channel))
         except pika.exceptions.ChannelClosedByBroker as exc:
             if exc.reply_code != _NOT_FOUND:
-                self._fail([request], exc, request.queue_name)
+                self._fail([request], exc, f"call on queue {request.queue_name!r}")
                 return
             request.result.set(0)
             self._reopen_channel()
         except PIKA_ERRORS as exc:
-            self._fail([request], exc, request.queue_name)
+            self._fail([request], exc, f"call on queue {request.queue_name!r}")
 
     def _publish_batch(self, batch: list[_Request]) -> None:
         try:
@@ -192,7 +202,7 @@ class Publisher:
             ranges = [self._write(request) for request in declared]
             self._await_confirms()
         except PIKA_ERRORS as exc:
-            self._fail(batch, exc, batch[0].queue_name)
+            self._fail(batch, exc, f"publish to queue {batch[0].queue_name!r}")
             return
         except BrokerError as exc:
             self._disconnect()
@@ -270,8 +280,8 @@ class Publisher:
         else:
             request.result.set(end - first)
 
-    def _fail(self, batch: list[_Request], exc: BaseException, queue_name: str) -> None:
-        error = translate(exc, f"call on queue {queue_name!r}", self._settings.password)
+    def _fail(self, batch: list[_Request], exc: BaseException, doing: str) -> None:
+        error = translate(exc, doing, self._settings.password)
         self._disconnect()
         for request in batch:
             if not request.result.ready():

@@ -397,3 +397,24 @@ def test_confirms_that_arrive_during_the_write_are_counted(qname: str) -> None:
             r.close()
             b.close()
     assert make().count(qname) == 0
+
+
+def test_an_unused_publisher_connection_is_closed_then_reopened(
+    qname: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from geboost.brokers import rabbitmq_publisher
+
+    monkeypatch.setattr(rabbitmq_publisher, "IDLE_CLOSE_S", 0.3)
+    b = make()
+    try:
+        b.publish(qname, bodies(1))
+        owner_ended = False
+        deadline = time.monotonic() + 5
+        while not owner_ended and time.monotonic() < deadline:
+            gevent.sleep(0.1)
+            owner_ended = b._publisher._owner is None
+        assert owner_ended  # no greenlet left behind to keep gevent.wait() waiting
+        b.publish(qname, bodies(1))
+        assert b.count(qname) == 2
+    finally:
+        b.close()
