@@ -7,6 +7,9 @@ purge) with the same arguments. Messages are persistent (delivery_mode 2) and
 per batch). Dead letters go to ``<queue>.dlq``, just another durable queue the engine publishes
 to; the configured ``queue_arguments`` do not apply to it (only ``x-queue-type`` does).
 
+The broker's own connection (publish, count, purge) is driven by one owner greenlet that also
+services its heartbeats; it is closed after 60 s without calls and reopened on the next one.
+
 Consumption: each receiver (one per puller greenlet) has its own connection and channel, a
 ``basic_qos(prefetch_count)`` window and a manual-ack consumer. Unacked messages of a channel
 that closes (worker killed, network lost) are redelivered by RabbitMQ; handles of a closed

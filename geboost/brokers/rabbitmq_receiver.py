@@ -6,6 +6,10 @@ that delivered them, so every handle is ``(generation, tag)``: after a reconnect
 old channel are ignored (RabbitMQ requeued those messages when the channel died) instead of
 being acked on the new channel, where the same number names another message or none at all
 (an unknown tag would make RabbitMQ close the channel).
+
+``requeue`` cancels the consumer before nacking, so that RabbitMQ gives the messages to a
+receiver that is asking for work rather than straight back to this one; the next ``fetch``
+consumes again.
 """
 
 from __future__ import annotations
