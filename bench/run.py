@@ -8,6 +8,11 @@ are separate from the publisher; for the memory broker, which lives in-process, 
 pushes its own tasks before it starts (untimed). Each run checks that exactly the expected set
 of task indexes ran, none failed and every one was acknowledged; otherwise its row says FAILED.
 Ratios to the ceiling, not absolute figures, are what to compare across runs and machines.
+
+Columns: "vs ceiling" is geboost's rate divided by the ceiling's (fan-outs: the bare Pool's time
+divided by geboost's); "RSS MB" is the process's peak resident set (``ru_maxrss``); "conns" is
+the established TCP connections from the worker to the broker's port, its own sockets matched in
+``/proc`` (the larger of a sample at the first call and one at the last ack).
 """
 
 from __future__ import annotations
@@ -90,9 +95,20 @@ class RunFailed(Exception):
     pass
 
 
+LOG_DIR = Path(tempfile.gettempdir()) / f"geboost-bench-{os.getpid()}"
+_runs = iter(range(1, 1_000_000))
+
+
 def run_process(script: str, spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-    """Run ``script spec`` and return its ``RESULT`` line; the process never outlives this."""
-    with tempfile.TemporaryFile() as stderr:
+    """Run ``script spec`` and return its ``RESULT`` line; the process never outlives this.
+
+    Its stderr (geboost's log) is kept in ``LOG_DIR``; a failure names its last warning.
+    """
+    LOG_DIR.mkdir(exist_ok=True)
+    log_path = LOG_DIR / f"{next(_runs):03d}-{spec.get('broker', '')}-{spec['mode']}.log"
+    with log_path.open("w+b") as stderr:
+        stderr.write((json.dumps(spec) + "\n").encode())
+        stderr.flush()
         proc = subprocess.Popen(
             [sys.executable, str(BENCH / script), json.dumps(spec)],
             stdout=subprocess.PIPE,
@@ -101,7 +117,7 @@ def run_process(script: str, spec: dict[str, Any], timeout_s: float) -> dict[str
         try:
             out, _ = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            raise RunFailed(f"timed out after {timeout_s:.0f} s") from None
+            raise RunFailed(f"timed out after {timeout_s:.0f} s, log {log_path}") from None
         finally:
             if proc.poll() is None:
                 proc.kill()  # by PID: only the process we started
@@ -109,10 +125,18 @@ def run_process(script: str, spec: dict[str, Any], timeout_s: float) -> dict[str
         for line in out.decode().splitlines():
             if line.startswith("RESULT "):
                 result: dict[str, Any] = json.loads(line[7:])
+                if result.get("ok") is False:
+                    result["log"] = str(log_path)
+                    result["warnings"] = warnings_in(log_path)
                 return result
-        stderr.seek(0)
-        tail = stderr.read().decode(errors="replace").strip().splitlines()[-3:]
-        raise RunFailed(f"exit {proc.returncode}: " + " | ".join(tail))
+        raise RunFailed(f"exit {proc.returncode}: {' | '.join(warnings_in(log_path))}")
+
+
+def warnings_in(log_path: Path, keep: int = 3) -> list[str]:
+    """The last WARNING / ERROR / Traceback lines of a process's log."""
+    lines = log_path.read_text(errors="replace").splitlines()
+    marked = [line for line in lines if "WARNING" in line or "ERROR" in line or "Error" in line]
+    return [line[-200:] for line in (marked or lines)[-keep:]]
 
 
 def free_port() -> int:
@@ -249,13 +273,18 @@ class Bench:
         if broker != "memory" and not spec.get("prefilled"):
             filled = run_process("worker.py", {**spec, "mode": "fill"}, timeout_s)
             if not filled["ok"]:
-                raise RunFailed(f"fill queued {filled['queued']} of {spec['n']}")
+                raise RunFailed(
+                    f"push_many of {spec['n']} queued {filled['queued']}: "
+                    + " | ".join(filled["warnings"])
+                )
         spec.update(mode="consume", prefill=broker == "memory", timeout_s=timeout_s)
         return run_process("worker.py", spec, timeout_s + 30)
 
     def rate_row(self, broker: str, measure: str, result: dict[str, Any], key: str) -> Row:
         value = result[key] if result["ok"] else None
         shown = rate(value) if value is not None else failed(result)
+        if value is not None and key == "rate_per_s" and result.get("calls_done_s"):
+            shown += f" [calls: {rate(result['acked'] / result['calls_done_s'])}]"
         return Row(
             broker,
             measure,
@@ -294,7 +323,10 @@ class Bench:
         spec = self.spec(broker, mode=broker, queue=self.queue(broker, "ceiling"))
         result = run_process("ceiling.py", {**spec, "n": self.sizes.publish_n}, 300)
         for key, figures in result.items():
-            self.add(self.rate_row(broker, "ceiling: " + CEILING_NAMES[key], figures, "rate_per_s"))
+            if key in CEILING_NAMES:
+                self.add(
+                    self.rate_row(broker, "ceiling: " + CEILING_NAMES[key], figures, "rate_per_s")
+                )
         return result
 
     # ----------------------------------------------------------------- geboost
@@ -361,7 +393,8 @@ class Bench:
         return Row(
             broker,
             measure,
-            f"{elapsed_s:.2f} s, eff {efficiency:.2f}",
+            f"{elapsed_s:.2f} s, eff {efficiency:.2f}"
+            + (f" [calls: {result['calls_done_s']:.2f} s]" if "calls_done_s" in result else ""),
             elapsed_s,
             "s",
             rss_mb=result["peak_rss_mb"],
@@ -532,6 +565,8 @@ def main() -> int:
     print(table(bench.rows))
     cpu = machine()["cpu"]
     print(f"\n{len(bench.rows)} rows in {elapsed_s:.0f} s on {cpu} ({os.cpu_count()} cores)")
+    print("[calls: ...] = until the last call ended; the figure before it runs to its last ack")
+    print(f"logs of every process: {LOG_DIR}", file=sys.stderr)
     if args.json:
         Path(args.json).write_text(
             json.dumps(
