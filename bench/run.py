@@ -285,6 +285,8 @@ class Bench:
         shown = rate(value) if value is not None else failed(result)
         if value is not None and key == "rate_per_s" and result.get("calls_done_s"):
             shown += f" [calls: {rate(result['acked'] / result['calls_done_s'])}]"
+        if value is not None and result.get("duplicates"):
+            shown += f" ({result['duplicates']} ran twice)"
         return Row(
             broker,
             measure,
@@ -394,7 +396,8 @@ class Bench:
             broker,
             measure,
             f"{elapsed_s:.2f} s, eff {efficiency:.2f}"
-            + (f" [calls: {result['calls_done_s']:.2f} s]" if "calls_done_s" in result else ""),
+            + (f" [calls: {result['calls_done_s']:.2f} s]" if "calls_done_s" in result else "")
+            + (f" ({result['duplicates']} ran twice)" if result.get("duplicates") else ""),
             elapsed_s,
             "s",
             rss_mb=result["peak_rss_mb"],

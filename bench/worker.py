@@ -273,8 +273,10 @@ def run_consume(spec: dict[str, Any]) -> dict[str, Any]:
         booster.stop(timeout_s=10)
     elapsed_s = counter.last_ack - tally.first_start
     starts_s = tally.last_start - tally.first_start
+    checked = tally.check()
+    checked["ok"] = checked["ok"] and counter.acked >= n  # and every one acknowledged
     return {
-        **tally.check(),
+        **checked,
         "acked": counter.acked,
         "leftover": leftover,
         "elapsed_s": elapsed_s,
