@@ -175,8 +175,9 @@ class CountingBroker:
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
         self._inner.publish(queue_name, bodies)
 
-    def open_receiver(self, queue_name: str) -> Receiver:
-        return CountingReceiver(self._inner.open_receiver(queue_name), self._counter)
+    def open_receiver(self, queue_name: str, **options: Any) -> Receiver:
+        inner = self._inner.open_receiver(queue_name, **options)
+        return CountingReceiver(inner, self._counter)
 
     def count(self, queue_name: str) -> int:
         return self._inner.count(queue_name)
