@@ -195,10 +195,8 @@ class CountingBroker:
 # --------------------------------------------------------------------- measurements
 def options(spec: dict[str, Any], func: Callable[[int], None], kind: str) -> BoostOptions[Any, Any]:
     transport: dict[str, Any] = {}
-    if spec["broker"] == "rabbitmq":
-        # RabbitMQ pushes at most prefetch_count unacked messages to a receiver; the README
-        # advises the pool size plus a little, or the pool can never fill.
-        transport["prefetch_count"] = spec["concurrent"] + 100
+    if spec["broker"] == "rabbitmq" and spec.get("prefetch"):
+        transport["prefetch_count"] = spec["prefetch"]  # else geboost's default window
     return BoostOptions(
         queue_name=spec["queue"],
         consume_func=func,
