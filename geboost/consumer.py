@@ -39,16 +39,18 @@ from geboost.ratelimit import LeakyBucket
 __all__ = ["Engine", "signature_of"]
 
 _IDLE_WAIT_S = 0.2  # longest a puller waits for a free slot before servicing its connection
+_BUSY_FETCH_S = 0.05  # fetch slice while this puller's calls run, so their acks go out soon
 
 
 class _Puller:
     """A puller's state: its receiver and what worker greenlets hand back to it."""
 
-    __slots__ = ("index", "receiver", "to_ack", "to_requeue")
+    __slots__ = ("index", "outstanding", "receiver", "to_ack", "to_requeue")
 
     def __init__(self, index: int, receiver: Receiver) -> None:
         self.index = index
         self.receiver = receiver
+        self.outstanding = 0  # fetched through this receiver and not yet acked or requeued
         self.to_ack: list[Delivery] = []
         self.to_requeue: list[Delivery] = []
 
@@ -96,8 +98,10 @@ class Engine:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        window = math.ceil(self._opts.concurrent_num / self._opts.conn_num)
         for index in range(self._opts.conn_num):
-            puller = _Puller(index, self._broker.open_receiver(self._queue))
+            receiver = self._broker.open_receiver(self._queue, window=window)
+            puller = _Puller(index, receiver)
             self._pullers.append(puller)
             self._puller_greenlets.append(gevent.spawn(self._pull_forever, puller))
         self._log.info(
@@ -180,11 +184,18 @@ class Engine:
             puller.receiver.keepalive()
             return
         self._free_slots -= wanted  # reserved before the fetch yields to other pullers
+        # While calls of this puller are under way, fetch in short slices: their acks can
+        # only be sent between fetches, and a broker with a delivery window (RabbitMQ's
+        # prefetch) sends nothing more until it gets them.
+        timeout_s = self._opts.poll_timeout_s
+        if puller.outstanding:
+            timeout_s = min(timeout_s, _BUSY_FETCH_S)
         got: list[Delivery] | tuple[()] = ()
         try:
-            got = list(puller.receiver.fetch(wanted, self._opts.poll_timeout_s))
+            got = list(puller.receiver.fetch(wanted, timeout_s))
         finally:
             self._free_slots += wanted - len(got)
+        puller.outstanding += len(got)
         self._start_all(puller, got)
 
     def _start_all(self, puller: _Puller, deliveries: list[Delivery]) -> None:
@@ -221,6 +232,7 @@ class Engine:
             except BaseException:
                 puller.to_ack[:0] = batch  # kept for the next connection
                 raise
+            puller.outstanding -= len(batch)
         if puller.to_requeue:
             batch, puller.to_requeue = puller.to_requeue, []
             try:
@@ -228,6 +240,7 @@ class Engine:
             except BaseException:
                 puller.to_requeue[:0] = batch
                 raise
+            puller.outstanding -= len(batch)
 
     def _recover(self, puller: _Puller, exc: BaseException) -> None:
         """Try a new connection every reconnect_interval_s until it works or we stop."""

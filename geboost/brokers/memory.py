@@ -54,7 +54,7 @@ class MemoryBroker:
         if q.waiting:
             q.not_empty.set()
 
-    def open_receiver(self, queue_name: str) -> MemoryReceiver:
+    def open_receiver(self, queue_name: str, *, window: int = 100) -> MemoryReceiver:
         return MemoryReceiver(_queue(self._namespace, queue_name))
 
     def count(self, queue_name: str) -> int:

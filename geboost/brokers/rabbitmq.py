@@ -24,10 +24,10 @@ The password is never logged nor shown in a repr (``***``). A query string is re
 go in the transport options.
 
 Transport options (``BrokerConfig.broker_transport_options``; an unknown key is an error):
-    ``prefetch_count`` (int, 100): unacked messages RabbitMQ pushes to ONE receiver (connection).
-        The broker does not know the booster's pool size, so set it to about
-        ``ceil(concurrent_num / conn_num)``, plus a little, to keep the pool full without leaving
-        messages prefetched for long (RabbitMQ's ``consumer_timeout`` also counts those).
+    ``prefetch_count`` (int, default ``ceil(concurrent_num / conn_num)``): unacked messages
+        RabbitMQ pushes to ONE receiver (connection). The default keeps the booster's pool full
+        without leaving messages prefetched for long (RabbitMQ's ``consumer_timeout`` also
+        counts those); set it to override.
     ``heartbeat_s`` (int, 60): AMQP heartbeat proposed to the broker; 0 turns it off.
     ``queue_arguments`` (dict, {}): ``x-`` arguments for declaring the work queue, e.g.
         ``{"x-max-priority": 10}``, ``{"x-message-ttl": 60000}``, ``{"x-queue-type": "quorum"}``.
@@ -79,8 +79,9 @@ class RabbitMQBroker:
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
         self._publisher.publish(queue_name, bodies)
 
-    def open_receiver(self, queue_name: str) -> RabbitMQReceiver:
-        return RabbitMQReceiver(self._settings, queue_name)
+    def open_receiver(self, queue_name: str, *, window: int = 100) -> RabbitMQReceiver:
+        prefetch = self._settings.prefetch_count or min(max(window, 1), 65535)
+        return RabbitMQReceiver(self._settings, queue_name, prefetch_count=prefetch)
 
     def count(self, queue_name: str) -> int:
         # A real declare, not a passive one: asking about a queue that does not exist yet

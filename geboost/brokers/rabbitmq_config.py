@@ -45,7 +45,7 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
     vhost: str = "/"
     username: str = "guest"
     password: str = "guest"
-    prefetch_count: int = 100
+    prefetch_count: int = 0  # 0: the receiver's window, ceil(concurrent_num / conn_num)
     heartbeat_s: int = 60
     queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
     connect_timeout_s: float = 10.0
@@ -59,6 +59,8 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
     def from_config(cls, url: str, options: Mapping[str, Any]) -> RabbitSettings:
         """Parse ``url`` and ``options``; raises ``ConfigurationError`` naming what is wrong."""
         check_transport_options("rabbitmq", options, _KNOWN_OPTIONS)
+        if "prefetch_count" in options:  # absent: 0, the receiver's window decides
+            _in_range("prefetch_count", options["prefetch_count"], 1, 65535)
         values = dict(options)
         if "queue_arguments" in values:
             values["queue_arguments"] = dict(values["queue_arguments"])  # the caller's stays theirs
@@ -68,7 +70,6 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
 
     def _check(self) -> None:
         # Both travel as AMQP shorts (16 bits) in basic.qos and connection.tune.
-        _in_range("prefetch_count", self.prefetch_count, 1, 65535)
         _in_range("heartbeat_s", self.heartbeat_s, 0, 65535)
         _in_range("confirm_batch_size", self.confirm_batch_size, 1, 1_000_000)
         for name in ("connect_timeout_s", "blocked_connection_timeout_s", "confirm_timeout_s"):

@@ -1,6 +1,7 @@
 """A RabbitMQ receiver: one connection, one channel, one consumer, used by one puller greenlet.
 
-RabbitMQ pushes up to ``prefetch_count`` unacknowledged messages to the consumer; they wait in
+RabbitMQ pushes up to ``prefetch_count`` (by default the booster's window,
+``ceil(concurrent_num / conn_num)``) unacknowledged messages to the consumer; they wait in
 a local buffer until ``fetch`` hands them out. Delivery tags only mean something on the channel
 that delivered them, so every handle is ``(generation, tag)``: after a reconnect, handles of the
 old channel are ignored (RabbitMQ requeued those messages when the channel died) instead of
@@ -42,8 +43,9 @@ Settle = Callable[[int, bool], None]
 class RabbitMQReceiver:
     """See the module docstring. Connects on the first ``fetch`` or ``reconnect``."""
 
-    def __init__(self, settings: RabbitSettings, queue_name: str) -> None:
+    def __init__(self, settings: RabbitSettings, queue_name: str, *, prefetch_count: int) -> None:
         self._settings = settings
+        self._prefetch_count = prefetch_count
         self._queue = queue_name
         self._log = queue_logger(queue_name)
         self._connection: pika.BlockingConnection | None = None
@@ -131,7 +133,7 @@ class RabbitMQReceiver:
         connection, channel = open_channel(self._settings, f"geboost receiver {self._queue}")
         try:
             declare(channel, self._settings, self._queue)
-            channel.basic_qos(prefetch_count=self._settings.prefetch_count)
+            channel.basic_qos(prefetch_count=self._prefetch_count)
         except BaseException:
             close_quietly(connection)
             raise

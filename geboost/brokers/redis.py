@@ -173,7 +173,8 @@ class RedisBroker:
                 pipe.lpush(queue_name, *bodies[start : start + chunk])
             pipe.execute()
 
-    def open_receiver(self, queue_name: str) -> RedisReceiver:
+    def open_receiver(self, queue_name: str, *, window: int = 100) -> RedisReceiver:
+        # Redis hands out only what fetch asks for: nothing is pushed ahead, so no window.
         return RedisReceiver(self, queue_name)
 
     def count(self, queue_name: str) -> int:

@@ -164,6 +164,25 @@ def test_publish_count_fetch_ack(broker: RabbitMQBroker, qname: str) -> None:
     assert broker.count(qname) == 0
 
 
+def test_default_prefetch_is_the_engine_window(broker: RabbitMQBroker, qname: str) -> None:
+    # With a window of 2, the first receiver is pushed at most 2 messages: the rest stay
+    # available to another receiver instead of being hoarded in the first one's buffer.
+    broker.publish(qname, bodies(6))
+    a, b = broker.open_receiver(qname, window=2), broker.open_receiver(qname, window=2)
+    try:
+        first = drain(a, 1)
+        gevent.sleep(0.2)
+        a.keepalive()
+        assert wait_count(broker, qname, 4)  # 1 handed out + 1 prefetched; 4 still waiting
+        second = drain(b, 2)
+        assert len(first) == 1 and len(second) == 2
+        a.ack(first)
+        b.ack(second)
+    finally:
+        a.close()
+        b.close()
+
+
 def test_out_of_order_acks_never_settle_messages_still_held(
     broker: RabbitMQBroker, qname: str
 ) -> None:

@@ -24,7 +24,7 @@ class ToyBroker:
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
         _queues.setdefault(queue_name, deque()).extend(bodies)
 
-    def open_receiver(self, queue_name: str) -> ToyReceiver:
+    def open_receiver(self, queue_name: str, *, window: int = 100) -> ToyReceiver:
         return ToyReceiver(queue_name)
 
     def count(self, queue_name: str) -> int:
