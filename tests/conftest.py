@@ -1,12 +1,16 @@
 # geboost patches the standard library with gevent on import; do it before anything else in
 # the test process opens sockets, as the README tells users to.
+# isort: off
+import geboost  # noqa: F401
+# isort: on
+
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-import geboost
 from geboost import Booster
+from tests.support import cleanup_queues
 
 
 @pytest.fixture
@@ -21,8 +25,4 @@ def stop_after() -> Iterator[list[Booster[..., object]]]:
     yield boosters
     for b in boosters:
         b.stop(timeout_s=5)
-        try:
-            b.purge()
-            b.broker.purge(b.dead_letter_queue_name)
-        except geboost.GeboostError:
-            pass
+        cleanup_queues(b.broker, b.queue_name)

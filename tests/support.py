@@ -102,3 +102,19 @@ def start_redis_server(
         stop_process(proc)
         raise RuntimeError(f"redis-server did not start on port {port}: {' '.join(cmd)}")
     return proc
+
+
+def cleanup_queues(broker: object, queue_name: str) -> None:
+    """Empty a test's queue and its dead-letter queue; delete them where the broker can (a
+    shared RabbitMQ would otherwise collect one durable queue per test run)."""
+    from geboost import GeboostError
+
+    for name in (queue_name, queue_name + ".dlq"):
+        try:
+            delete = getattr(broker, "delete_queue", None)
+            if delete is not None:
+                delete(name)
+            else:
+                broker.purge(name)  # type: ignore[attr-defined]
+        except GeboostError:
+            pass

@@ -10,7 +10,7 @@ import pytest
 
 from geboost import BrokerConfig, BrokerKind
 from geboost.brokers.base import get_broker_factory
-from tests.support import port_open, skip_or_fail
+from tests.support import cleanup_queues, port_open, skip_or_fail
 
 
 class BrokerSpec(msgspec.Struct, frozen=True):
@@ -41,9 +41,5 @@ def spec(request: pytest.FixtureRequest) -> BrokerSpec:
 def broker(spec: BrokerSpec, queue_name: str):  # type: ignore[no-untyped-def]
     b = get_broker_factory(spec.kind)(spec.config)
     yield b
-    for name in (queue_name, queue_name + ".dlq"):
-        try:
-            b.purge(name)
-        except Exception:
-            pass
+    cleanup_queues(b, queue_name)
     b.close()
