@@ -37,6 +37,7 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 BROKERS = ("memory", "redis", "rabbitmq")
+PUBLISH_REPEATS = 3
 BROKER_URLS = {"memory": "", "redis": "127.0.0.1:6379", "rabbitmq": "127.0.0.1:5672"}
 
 
@@ -184,6 +185,15 @@ def failed(result: dict[str, Any]) -> str:
     return "FAILED (" + (", ".join(parts) or "see detail") + ")"
 
 
+def best(kept: dict[str, Any] | None, new: dict[str, Any], key: str) -> dict[str, Any]:
+    """Of two runs of the same measurement, the one with the higher ``key``; a failure wins."""
+    if kept is None or not new["ok"]:
+        return new
+    if not kept["ok"]:
+        return kept
+    return new if new[key] > kept[key] else kept
+
+
 def verdict(ok: bool) -> str:
     return "PASS" if ok else "MISS"
 
@@ -323,26 +333,36 @@ class Bench:
     def client_ceilings(self, broker: str) -> dict[str, Any]:
         """Plain redis-py or pika loops moving the same messages, on the same broker."""
         spec = self.spec(broker, mode=broker, queue=self.queue(broker, "ceiling"))
-        result = run_process("ceiling.py", {**spec, "n": self.sizes.publish_n}, 300)
-        for key, figures in result.items():
-            if key in CEILING_NAMES:
-                self.add(
-                    self.rate_row(broker, "ceiling: " + CEILING_NAMES[key], figures, "rate_per_s")
-                )
-        return result
+        return run_process("ceiling.py", {**spec, "n": self.sizes.publish_n}, 300)
 
     # ----------------------------------------------------------------- geboost
     def publish(self, broker: str, ceiling: dict[str, Any]) -> None:
+        """The client ceilings and geboost's publishing, alternated; the best of each is kept.
+
+        Single pushes are one round trip each, so the neighbours' load moves them most: the
+        pair is repeated (except on RabbitMQ, where one confirmed push at a time takes long).
+        """
         n = self.sizes.publish_n
         spec = self.spec(
             broker,
             mode="publish",
-            queue=self.queue(broker, "noop"),
+            queue=self.queue(broker, "noop"),  # its push_many leaves n tasks for consume_noop
             task="noop",
             n=n,
             concurrent=self.sizes.noop_concurrent,
         )
-        result = run_process("worker.py", spec, 300)
+        runs = []
+        for _ in range(1 if broker == "rabbitmq" else PUBLISH_REPEATS):
+            if broker != "memory":
+                for key, figures in self.client_ceilings(broker).items():
+                    if key in CEILING_NAMES:
+                        ceiling[key] = best(ceiling.get(key), figures, "rate_per_s")
+            runs.append(run_process("worker.py", spec, 300))
+        result = {**runs[-1], "ok": all(run["ok"] for run in runs), "runs": len(runs)}
+        for key in ("push_per_s", "push_many_per_s"):
+            result[key] = max(run[key] for run in runs)
+        for key, figures in ceiling.items():
+            self.add(self.rate_row(broker, "ceiling: " + CEILING_NAMES[key], figures, "rate_per_s"))
         for call, key in (("push", "push_per_s"), ("push_many", "push_many_per_s")):
             row = self.rate_row(broker, f"publish: {n:,} x {call}()", result, key)
             ratio = self.ratio(row, ceiling.get(CEILING_OF.get((broker, call), "")))
@@ -470,14 +490,11 @@ class Bench:
             return
         ceiling: dict[str, Any] = {}
         steps: list[tuple[str, Callable[[], object]]] = [
-            ("client ceilings", lambda: ceiling.update(self.client_ceilings(broker))),
             ("publish", lambda: self.publish(broker, ceiling)),
             ("consume-noop", lambda: self.consume_noop(broker, ceiling)),
             *[(fan.label, partial(self.fanout, broker, fan)) for fan in fanouts(self.sizes)],
             ("qps", lambda: self.qps(broker)),
         ]
-        if broker == "memory":
-            steps.pop(0)
         for name, step in steps:
             try:
                 step()
