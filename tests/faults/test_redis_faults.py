@@ -134,7 +134,9 @@ def events(*records: Path) -> Counter[tuple[str, int]]:
     seen: Counter[tuple[str, int]] = Counter()
     for path in records:
         if path.exists():
-            for line in path.read_text().splitlines():
+            # A worker may be writing while we read: the last line can be incomplete, and
+            # counts only once its newline is there.
+            for line in path.read_text().split("\n")[:-1]:
                 kind, number, _pid = line.split()
                 seen[(kind, int(number))] += 1
     return seen
