@@ -478,10 +478,10 @@ class Bench:
             broker, mode="probe", queue=self.queue(broker, "probe"), task="noop", n=1, concurrent=1
         )
         try:
-            run_process("worker.py", spec, 30)
+            probe = run_process("worker.py", spec, 30)
         except RunFailed as exc:
-            return str(exc)[:100]
-        return ""
+            return str(exc).rsplit(": ", 1)[-1][:80]  # the driver's own words
+        return "" if probe["ok"] else "a pushed message was not counted"
 
     def broker(self, broker: str) -> None:
         why = self.available(broker)

@@ -306,9 +306,8 @@ def run_pool(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
-    booster: Booster[Any, Any] = new_booster(
-        options({**spec, "task": "noop"}, make_task(spec, Tally(1)), spec["broker"])
-    )
+    probe = options({**spec, "task": "noop"}, make_task(spec, Tally(1)), spec["broker"])
+    booster: Booster[Any, Any] = new_booster(probe.replace(push_retries=0))
     try:
         booster.push(0)
         ok = booster.message_count() == 1
