@@ -11,8 +11,8 @@ messages. Pickle is never used.
 
 from __future__ import annotations
 
+import random
 import time
-import uuid
 from typing import Any
 
 import msgspec
@@ -60,7 +60,9 @@ _dead_decoder = msgspec.json.Decoder(DeadLetter)
 
 
 def new_task_id() -> str:
-    return uuid.uuid4().hex
+    """32 random hex digits. ``random`` (reseeded after fork) rather than ``uuid4``: ids need
+    to be unique, not secret, and uuid4 was half the cost of a push_many."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def encode(obj: TaskMessage | DeadLetter) -> bytes:

@@ -238,16 +238,19 @@ class Publisher:
     def _write(self, request: _Request) -> tuple[int, int]:
         """Publish the request's bodies; returns its range of delivery tags."""
         first = self._next_tag
+        # The frames go through the channel's underlying async implementation: the blocking
+        # channel's basic_publish drives the connection after EVERY message (about 3/4 of the
+        # time of a batch), while here they are buffered and flushed by _await_confirms, which
+        # must run the connection anyway. That is the second private-attribute use, with the
+        # confirm mode in _open.
+        publish = self._channel._impl.basic_publish
         for body in request.bodies:
-            # Counted BEFORE the write: basic_publish drives the connection until the frame is
-            # out, and the broker's ack for it may be read (and counted) in that same call.
+            # Counted BEFORE the write, so that an ack read while sending is never missed.
             self._unconfirmed.add(self._next_tag)
             self._next_tag += 1
             # mandatory: a queue deleted since we declared it returns the message instead of
             # dropping it, and the caller's retry declares it again.
-            self._channel.basic_publish(
-                "", request.queue_name, body, properties=_PERSISTENT, mandatory=True
-            )
+            publish("", request.queue_name, body, properties=_PERSISTENT, mandatory=True)
             if len(self._unconfirmed) >= self._settings.confirm_batch_size:
                 self._await_confirms()
         return first, self._next_tag

@@ -83,6 +83,7 @@ from geboost.log import queue_logger
 __all__ = ["RedisBroker", "RedisReceiver", "consumers_key", "held_key"]
 
 _SCRIPT_CHUNK = 1000  # bodies per script call when acking or requeueing a huge batch
+_SHORT_WAIT_S = 0.2  # waits shorter than this poll instead of blocking in BLMOVE
 _FORGET_AFTER_MIN_S = 600.0  # dead consumers' ids are swept for at least this long
 
 
@@ -325,7 +326,13 @@ class RedisReceiver:
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
         with self._guard("fetch") as client:
             bodies = self._take(client, max_count)
-            if not bodies and timeout_s > 0:
+            if not bodies and 0 < timeout_s < _SHORT_WAIT_S:
+                # A short wait (the engine's slice while calls run) is a sleep and a second
+                # take: Redis checks blocking timeouts only every 1/hz s (100 ms by default), so
+                # a 50 ms BLMOVE would in fact wait up to twice that, delaying acks.
+                gevent.sleep(timeout_s)
+                bodies = self._take(client, max_count)
+            elif not bodies and timeout_s > 0:
                 first = client.blmove(
                     self._keys[0],
                     self._keys[1],

@@ -123,3 +123,24 @@ def test_decorator_keeps_the_function_callable_and_adds_push() -> None:
 def test_decorator_rejects_unknown_option_by_name() -> None:
     with pytest.raises(TypeError, match="no_such_option"):
         boost("q", no_such_option=1)(add)
+
+
+def two(a: int, b: int) -> int:
+    return a + b
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "ok"),
+    [((1, 2), {}, True), ((1,), {"b": 2}, True), ((1,), {}, False), ((1, 2, 3), {}, False)],
+)
+def test_plain_signature_fast_path_still_checks_calls(
+    args: tuple[Any, ...], kwargs: dict[str, Any], ok: bool
+) -> None:
+    b = memory_booster(two)
+    if ok:
+        b.push(*args, **kwargs)
+        assert b.message_count() == 1
+    else:
+        with pytest.raises(TypeError):
+            b.push(*args, **kwargs)
+        assert b.message_count() == 0
