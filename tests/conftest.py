@@ -8,9 +8,19 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from loguru import logger
 
 from geboost import Booster
 from tests.support import cleanup_queues
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every loguru record of the test, formatted, level DEBUG and up."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG")
+    yield lines
+    logger.remove(sink)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -118,3 +119,29 @@ def cleanup_queues(broker: object, queue_name: str) -> None:
                 broker.purge(name)  # type: ignore[attr-defined]
         except GeboostError:
             pass
+
+
+def drain(receiver: Any, want: int, timeout_s: float = 5.0) -> list[Any]:
+    """Fetch from ``receiver`` until ``want`` deliveries arrived or ``timeout_s`` passed."""
+    got: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        got.extend(receiver.fetch(want - len(got), 0.2))
+    return got
+
+
+def memory_booster(func: Any, **options: Any) -> Any:
+    """A booster on a memory namespace and queue of its own, signals left alone."""
+    import uuid
+
+    from geboost import BoostOptions, BrokerConfig, new_booster
+
+    return new_booster(
+        BoostOptions(
+            queue_name=f"q-{uuid.uuid4().hex[:8]}",
+            consume_func=func,
+            broker_config=BrokerConfig(broker_url=uuid.uuid4().hex),
+            handle_signals=False,
+            **options,
+        )
+    )

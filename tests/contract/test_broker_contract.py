@@ -14,25 +14,16 @@ from geboost import (
     Broker,
     BrokerConfig,
     ConfigurationError,
-    Receiver,
     new_booster,
 )
 from geboost.brokers.base import get_broker_factory
 from geboost.message import decode_task
 from tests.contract.conftest import BrokerSpec
-from tests.support import wait_for
+from tests.support import drain, wait_for
 
 
 def _bodies(n: int, tag: str = "m") -> list[bytes]:
     return [f'{{"task_id":"{tag}{i}"}}'.encode() for i in range(n)]
-
-
-def _drain(r: Receiver, want: int, timeout_s: float = 5.0) -> list[Any]:
-    got: list[Any] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < want and time.monotonic() < deadline:
-        got.extend(r.fetch(want - len(got), 0.2))
-    return got
 
 
 # ---------------------------------------------------------------- the protocol
@@ -41,7 +32,7 @@ def test_publish_then_fetch_in_order_and_counted(broker: Broker, queue_name: str
     assert wait_for(lambda: broker.count(queue_name) == 5, 5)
     r = broker.open_receiver(queue_name)
     try:
-        got = _drain(r, 5)
+        got = drain(r, 5)
         assert [d.body for d in got] == _bodies(5)
         r.ack(got)
     finally:
@@ -53,10 +44,10 @@ def test_fetch_respects_max_count_and_times_out_empty(broker: Broker, queue_name
     broker.publish(queue_name, _bodies(10))
     r = broker.open_receiver(queue_name)
     try:
-        first = _drain(r, 3)
+        first = drain(r, 3)
         assert len(first) == 3
         r.ack(first)
-        rest = _drain(r, 7)
+        rest = drain(r, 7)
         r.ack(rest)
         started = time.monotonic()
         assert list(r.fetch(5, 0.3)) == []
@@ -69,13 +60,13 @@ def test_held_messages_are_invisible_until_requeued(broker: Broker, queue_name: 
     broker.publish(queue_name, _bodies(2))
     a, b = broker.open_receiver(queue_name), broker.open_receiver(queue_name)
     try:
-        held = _drain(a, 2)
+        held = drain(a, 2)
         assert len(held) == 2
         assert list(b.fetch(2, 0.3)) == []
         in_flight = broker.in_flight(queue_name)
         assert in_flight is None or in_flight == 2
         a.requeue(held)
-        again = _drain(b, 2)
+        again = drain(b, 2)
         assert sorted(d.body for d in again) == sorted(_bodies(2))
         b.ack(again)
     finally:
@@ -87,13 +78,13 @@ def test_held_messages_are_invisible_until_requeued(broker: Broker, queue_name: 
 def test_close_gives_back_what_is_held_and_ack_is_final(broker: Broker, queue_name: str) -> None:
     broker.publish(queue_name, _bodies(3))
     a = broker.open_receiver(queue_name)
-    held = _drain(a, 3)
+    held = drain(a, 3)
     a.ack(held[:1])
     a.close()
     assert wait_for(lambda: broker.count(queue_name) == 2, 5)
     b = broker.open_receiver(queue_name)
     try:
-        back = _drain(b, 2)
+        back = drain(b, 2)
         assert sorted(d.body for d in back) == sorted(_bodies(3)[1:])
         b.ack(back)
     finally:
@@ -105,7 +96,7 @@ def test_reconnect_then_keep_working(broker: Broker, queue_name: str) -> None:
     try:
         r.reconnect()
         broker.publish(queue_name, _bodies(1))
-        got = _drain(r, 1)
+        got = drain(r, 1)
         r.reconnect()
         r.ack(got)  # may be ignored by brokers whose tags died with the connection
         r.keepalive()
@@ -113,7 +104,7 @@ def test_reconnect_then_keep_working(broker: Broker, queue_name: str) -> None:
         r.close()
     b = broker.open_receiver(queue_name)
     try:
-        leftover = _drain(b, 1, timeout_s=1.0)
+        leftover = drain(b, 1, timeout_s=1.0)
         b.ack(leftover)
     finally:
         b.close()

@@ -16,7 +16,6 @@ from typing import Any
 
 import gevent
 import pytest
-from loguru import logger
 
 from geboost import (
     BoostOptions,
@@ -49,14 +48,6 @@ def qname() -> Iterator[str]:
         except BrokerError:
             pass
     cleaner.close()
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG")
-    yield lines
-    logger.remove(sink)
 
 
 def _noop(i: int) -> None:

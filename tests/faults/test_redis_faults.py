@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 import redis
-from loguru import logger
 
 from geboost import Booster, BoostOptions, BrokerConfig, BrokerKind, PublishError, new_booster
 from geboost.brokers.redis import consumers_key, held_key
@@ -88,14 +87,6 @@ def server(workdir: Path) -> Iterator[PrivateRedis]:
     srv.start()
     yield srv
     srv.stop()
-
-
-@pytest.fixture
-def log_lines() -> Iterator[list[str]]:
-    lines: list[str] = []
-    sink = logger.add(lambda m: lines.append(str(m)), level="DEBUG")
-    yield lines
-    logger.remove(sink)
 
 
 def _task(i: int, sleep_s: float) -> None:

@@ -15,10 +15,10 @@ import pytest
 from loguru import logger
 
 from geboost import BrokerConfig, BrokerConnectionError, BrokerError, ConfigurationError
-from geboost.brokers.base import Delivery, get_broker_factory
-from geboost.brokers.rabbitmq import RabbitMQBroker, RabbitMQReceiver
+from geboost.brokers.base import get_broker_factory
+from geboost.brokers.rabbitmq import RabbitMQBroker
 from geboost.brokers.rabbitmq_config import RabbitSettings
-from tests.support import free_port, port_open, skip_or_fail
+from tests.support import drain, free_port, port_open, skip_or_fail
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -57,14 +57,6 @@ def broker(qname: str) -> Iterator[RabbitMQBroker]:
 
 def bodies(n: int, tag: str = "m") -> list[bytes]:
     return [f"{tag}{i}".encode() for i in range(n)]
-
-
-def drain(r: RabbitMQReceiver, want: int, timeout_s: float = 5.0) -> list[Delivery]:
-    got: list[Delivery] = []
-    deadline = time.monotonic() + timeout_s
-    while len(got) < want and time.monotonic() < deadline:
-        got.extend(r.fetch(want - len(got), 0.2))
-    return got
 
 
 def wait_count(b: RabbitMQBroker, q: str, n: int, timeout_s: float = 5.0) -> bool:

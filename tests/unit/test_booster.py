@@ -9,29 +9,16 @@ import pytest
 
 from geboost import (
     Booster,
-    BoostOptions,
     BrokerConfig,
     EncodeError,
     boost,
-    new_booster,
 )
 from geboost.message import decode_task
+from tests.support import memory_booster
 
 
 def add(x: int, y: int = 0) -> int:
     return x + y
-
-
-def memory_booster(func: Any = add, **kw: Any) -> Booster[Any, Any]:
-    return new_booster(
-        BoostOptions(
-            queue_name=f"q-{uuid.uuid4().hex[:8]}",
-            consume_func=func,
-            broker_config=BrokerConfig(broker_url=uuid.uuid4().hex),
-            handle_signals=False,
-            **kw,
-        )
-    )
 
 
 def _waiting_messages(b: Booster[Any, Any]) -> list[Any]:
@@ -45,7 +32,7 @@ def _waiting_messages(b: Booster[Any, Any]) -> list[Any]:
 
 
 def test_push_returns_task_id_and_sends_the_call() -> None:
-    b = memory_booster()
+    b = memory_booster(add)
     result = b.push(1, y=2)
     [msg] = _waiting_messages(b)
     assert msg.task_id == result.task_id and len(result.task_id) == 32
@@ -63,21 +50,21 @@ def test_push_returns_task_id_and_sends_the_call() -> None:
 def test_push_with_a_wrong_call_raises_and_sends_nothing(
     args: tuple[Any, ...], kwargs: dict[str, Any], why: str
 ) -> None:
-    b = memory_booster()
+    b = memory_booster(add)
     with pytest.raises(TypeError, match=why):
         b.push(*args, **kwargs)
     assert b.message_count() == 0
 
 
 def test_push_of_unencodable_argument_is_a_clear_error() -> None:
-    b = memory_booster()
+    b = memory_booster(add)
     with pytest.raises(EncodeError, match="JSON"):
         b.push(object())
     assert b.message_count() == 0
 
 
 def test_push_many_checks_everything_before_sending() -> None:
-    b = memory_booster()
+    b = memory_booster(add)
     with pytest.raises(TypeError):
         b.push_many([(1,), (1, 2, 3)])
     assert b.message_count() == 0
@@ -93,7 +80,7 @@ def test_push_many_checks_everything_before_sending() -> None:
 
 
 def test_purge_and_message_count() -> None:
-    b = memory_booster()
+    b = memory_booster(add)
     b.push_many([(i,) for i in range(5)])
     assert b.message_count() == 5
     assert b.purge() == 5

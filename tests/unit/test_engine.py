@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
 from typing import Any
 
 import gevent
 import pytest
 
-from geboost import Booster, BoostOptions, BrokerConfig, new_booster
-from tests.support import wait_for
-
-
-def memory_booster(func: Any, **kw: Any) -> Booster[Any, Any]:
-    return new_booster(
-        BoostOptions(
-            queue_name=f"q-{uuid.uuid4().hex[:8]}",
-            consume_func=func,
-            broker_config=BrokerConfig(broker_url=uuid.uuid4().hex),
-            handle_signals=False,
-            **kw,
-        )
-    )
+from geboost import Booster
+from tests.support import memory_booster, wait_for
 
 
 @pytest.fixture
