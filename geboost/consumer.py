@@ -39,7 +39,7 @@ from geboost.ratelimit import LeakyBucket
 __all__ = ["Engine", "signature_of"]
 
 _IDLE_WAIT_S = 0.2  # longest a puller waits for a free slot before servicing its connection
-_BUSY_FETCH_S = 0.05  # fetch slice while this puller's calls run, so their acks go out soon
+_BUSY_FETCH_S = 0.02  # fetch slice while this puller's calls run, so their acks go out soon
 
 
 class _Puller:
