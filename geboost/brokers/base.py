@@ -164,10 +164,11 @@ class Broker(Protocol):
     def open_receiver(self, queue_name: str, *, window: int = 100) -> Receiver:
         """A new receiver for ``queue_name``; it connects on its first ``fetch``/``reconnect``.
 
-        ``window`` is how many messages the owner can start soon (the engine passes
-        ``ceil(concurrent_num / conn_num)``). A broker that pushes messages ahead of ``fetch``
-        (RabbitMQ's prefetch) sizes its window from it unless configured otherwise; brokers
-        that only hand out what ``fetch`` asks for may ignore it.
+        ``window`` is how many messages the owner can start soon: the engine passes
+        ``ceil(1.25 * concurrent_num / conn_num)``, its share of the pool plus a quarter. A
+        broker that pushes messages ahead of ``fetch`` (RabbitMQ's prefetch) sizes its window
+        from it unless configured otherwise; brokers that only hand out what ``fetch`` asks
+        for may ignore it.
         """
         ...
 

@@ -24,7 +24,7 @@ The password is never logged nor shown in a repr (``***``). A query string is re
 go in the transport options.
 
 Transport options (``BrokerConfig.broker_transport_options``; an unknown key is an error):
-    ``prefetch_count`` (int, default ``ceil(concurrent_num / conn_num)``): unacked messages
+    ``prefetch_count`` (int, default ``ceil(1.25 * concurrent_num / conn_num)``): unacked messages
         RabbitMQ pushes to ONE receiver (connection). The default keeps the booster's pool full
         without leaving messages prefetched for long (RabbitMQ's ``consumer_timeout`` also
         counts those); set it to override.

@@ -45,7 +45,7 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
     vhost: str = "/"
     username: str = "guest"
     password: str = "guest"
-    prefetch_count: int = 0  # 0: the receiver's window, ceil(concurrent_num / conn_num)
+    prefetch_count: int = 0  # 0: the receiver's window, ceil(1.25 * concurrent_num / conn_num)
     heartbeat_s: int = 60
     queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
     connect_timeout_s: float = 10.0

@@ -1,7 +1,7 @@
 """A RabbitMQ receiver: one connection, one channel, one consumer, used by one puller greenlet.
 
 RabbitMQ pushes up to ``prefetch_count`` (by default the booster's window,
-``ceil(concurrent_num / conn_num)``) unacknowledged messages to the consumer; they wait in
+``ceil(1.25 * concurrent_num / conn_num)``) unacknowledged messages to the consumer; they wait in
 a local buffer until ``fetch`` hands them out. Delivery tags only mean something on the channel
 that delivered them, so every handle is ``(generation, tag)``: after a reconnect, handles of the
 old channel are ignored (RabbitMQ requeued those messages when the channel died) instead of
