@@ -20,14 +20,21 @@ import pytest
 from geboost import (
     BoostOptions,
     BrokerConfig,
-    BrokerError,
     BrokerKind,
     PublishError,
     new_booster,
 )
 from geboost.brokers.rabbitmq import RabbitMQBroker
 from tests.faults.tcp_proxy import TcpProxy
-from tests.support import free_port, port_open, python_cmd, running, skip_or_fail, wait_for
+from tests.support import (
+    cleanup_queues,
+    free_port,
+    port_open,
+    python_cmd,
+    running,
+    skip_or_fail,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.faults]
 
@@ -42,11 +49,7 @@ def qname() -> Iterator[str]:
     name = f"test-rmqfault-{uuid.uuid4().hex[:10]}"
     yield name
     cleaner = RabbitMQBroker(BrokerConfig(broker_url=RABBIT))
-    for q in (name, name + ".dlq"):
-        try:
-            cleaner.delete_queue(q)
-        except BrokerError:
-            pass
+    cleanup_queues(cleaner, name)
     cleaner.close()
 
 

@@ -18,7 +18,7 @@ from geboost import BrokerConfig, BrokerConnectionError, BrokerError, Configurat
 from geboost.brokers.base import get_broker_factory
 from geboost.brokers.rabbitmq import RabbitMQBroker
 from geboost.brokers.rabbitmq_config import RabbitSettings
-from tests.support import drain, free_port, port_open, skip_or_fail
+from tests.support import cleanup_queues, drain, free_port, port_open, skip_or_fail
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -36,11 +36,7 @@ def qname(rabbit: None) -> Iterator[str]:
     name = f"test-rmq-{uuid.uuid4().hex[:12]}"
     yield name
     cleaner = RabbitMQBroker(BrokerConfig(broker_url=URL))
-    for q in (name, name + ".dlq"):
-        try:
-            cleaner.delete_queue(q)
-        except BrokerError:
-            pass
+    cleanup_queues(cleaner, name)
     cleaner.close()
 
 
