@@ -202,18 +202,27 @@ class Engine:
         self._start_all(puller, got)
 
     def _start_all(self, puller: _Puller, deliveries: list[Delivery]) -> None:
-        """Start each fetched message, waiting for the rate limiter between them."""
+        """Start each fetched message, waiting for the rate limiter between them.
+
+        What is not started (we are stopping, or the connection broke while we waited) goes
+        back to the broker, and its reserved slots back to the pool.
+        """
         self._unstarted += len(deliveries)
-        for i, delivery in enumerate(deliveries):
-            if not self._bucket.unlimited and not self._wait_for_slot_time(puller):
-                rest = deliveries[i:]
+        started = 0
+        try:
+            for delivery in deliveries:
+                if not self._bucket.unlimited and not self._wait_for_slot_time(puller):
+                    break
+                started += 1
+                self._unstarted -= 1
+                self._running += 1
+                self._pool.spawn(self._run, _Job(puller, delivery))
+        finally:
+            rest = deliveries[started:]
+            if rest:
                 self._unstarted -= len(rest)
                 self._free_slots += len(rest)
                 puller.to_requeue.extend(rest)
-                return
-            self._unstarted -= 1
-            self._running += 1
-            self._pool.spawn(self._run, _Job(puller, delivery))
 
     def _wait_for_slot_time(self, puller: _Puller) -> bool:
         """Sleep until the bucket's next slot, servicing the connection; False if stopping."""

@@ -9,7 +9,7 @@ from typing import Any
 import gevent
 import pytest
 
-from geboost import Booster
+from geboost import Booster, BrokerConnectionError
 from tests.support import memory_booster, wait_for
 
 
@@ -232,3 +232,36 @@ def test_wait_until_idle_times_out_while_busy(boosters: list[Any]) -> None:
     b.push(1)
     b.consume()
     assert b.wait_until_idle(timeout_s=0.3) is False
+
+
+class _FlakyKeepalive:
+    """A memory receiver whose connection breaks once while the puller waits for the limiter."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.broke = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def keepalive(self) -> None:
+        if not self.broke:
+            self.broke = True
+            raise BrokerConnectionError("connection reset while waiting")
+
+
+def test_connection_lost_while_rate_limited_loses_no_message_and_no_slot(
+    boosters: list[Any],
+) -> None:
+    ran: list[int] = []
+    b = memory_booster(ran.append, qps_limit=4, reconnect_interval_s=0.05, concurrent_num=3)
+    boosters.append(b)
+    opened = b.broker.open_receiver
+    b.broker.open_receiver = lambda q, **kw: _FlakyKeepalive(opened(q, **kw))  # type: ignore[method-assign]
+    b.push_many([(i,) for i in range(6)])
+    b.consume()
+    assert b.wait_until_idle(timeout_s=20)
+    assert sorted(ran) == list(range(6))
+    b.stop(timeout_s=2)
+    engine = b._engine
+    assert engine is not None and engine._free_slots == 3 and engine._unstarted == 0
