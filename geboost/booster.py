@@ -244,9 +244,15 @@ class Booster(Generic[P, R]):
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
         """Read up to ``limit`` dead letters without removing them."""
-        receiver = self._broker.open_receiver(self.dead_letter_queue_name)
+        held: list[Delivery] = []
+        receiver = self._broker.open_receiver(self.dead_letter_queue_name, window=max(limit, 1))
         try:
-            held = list(receiver.fetch(limit, 0.05)) if limit > 0 else []
+            # Several fetches: a broker may hand out a window at a time.
+            while len(held) < limit:
+                got = receiver.fetch(limit - len(held), 0.05)
+                if not got:
+                    break
+                held.extend(got)
             receiver.requeue(held)
         finally:
             receiver.close()
@@ -262,7 +268,7 @@ class Booster(Generic[P, R]):
         if limit is None:
             # Only what is there now: letters that fail again while we move must not loop.
             limit = self.dead_letter_count()
-        receiver = self._broker.open_receiver(self.dead_letter_queue_name)
+        receiver = self._broker.open_receiver(self.dead_letter_queue_name, window=500)
         moved = 0
         try:
             while moved < limit:

@@ -211,3 +211,23 @@ def test_building_a_booster_does_not_connect(spec: BrokerSpec, queue_name: str) 
         )
     )
     assert b.queue_name == queue_name
+
+
+def test_dead_letters_listing_honours_limit_and_consumes_nothing(
+    spec: BrokerSpec, queue_name: str, stop_after: list[Any]
+) -> None:
+    def fail(i: int) -> None:
+        raise RuntimeError(f"no {i}")
+
+    b = new_booster(_options(spec, queue_name, fail, max_retries=0))
+    stop_after.append(b)
+    b.push_many([(i,) for i in range(150)])
+    b.consume()
+    assert wait_for(lambda: b.dead_letter_count() == 150, 30)
+    b.stop(timeout_s=5)
+    assert len(b.dead_letters(limit=3)) == 3
+    letters = b.dead_letters(limit=1000)
+    assert sorted(decode_task(x.body.encode()).args[0] for x in letters) == list(range(150))
+    assert b.dead_letter_count() == 150
+    assert b.requeue_dead_letters(limit=100) == 100
+    assert b.dead_letter_count() == 50 and b.message_count() == 100
