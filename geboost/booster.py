@@ -137,9 +137,9 @@ class Booster(Generic[P, R]):
         message = make_task(args, kwargs)
         return encode(message), message.task_id
 
-    def _publish(self, bodies: list[bytes], queue_name: str | None = None) -> None:
+    def _publish(self, bodies: list[bytes]) -> None:
         """The one place where the push retry policy lives."""
-        queue = queue_name or self.queue_name
+        queue = self.queue_name
         attempts = self.options.push_retries + 1
         interval_s = self.options.push_retry_interval_s
         for attempt in range(1, attempts + 1):
@@ -276,9 +276,9 @@ class Booster(Generic[P, R]):
                 held = list(receiver.fetch(want, 0.05))
                 if not held:
                     break
-                movable, keep = _split_requeueable(held)
+                movable, originals, keep = _split_requeueable(held)
                 if movable:
-                    self._publish([decode_dead_letter(d.body).body.encode() for d in movable])
+                    self._publish(originals)
                     receiver.ack(movable)
                     moved += len(movable)
                 if keep:
@@ -291,16 +291,23 @@ class Booster(Generic[P, R]):
         return moved
 
 
-def _split_requeueable(held: list[Delivery]) -> tuple[list[Delivery], list[Delivery]]:
-    movable, keep = [], []
+def _split_requeueable(
+    held: list[Delivery],
+) -> tuple[list[Delivery], list[bytes], list[Delivery]]:
+    """The letters whose original is a valid task, those originals, and the other letters."""
+    movable: list[Delivery] = []
+    originals: list[bytes] = []
+    keep: list[Delivery] = []
     for delivery in held:
         try:
-            decode_task(decode_dead_letter(delivery.body).body.encode())
+            original = decode_dead_letter(delivery.body).body.encode()
+            decode_task(original)
         except DecodeError:
             keep.append(delivery)
         else:
             movable.append(delivery)
-    return movable, keep
+            originals.append(original)
+    return movable, originals, keep
 
 
 def _plain_positional_arity(signature: inspect.Signature | None) -> int:
