@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -12,10 +11,11 @@ import msgspec
 
 from geboost import _patch, signals
 from geboost.brokers.base import Broker, Delivery, get_broker_factory
-from geboost.consumer import Engine, signature_of
+from geboost.codec import CallCodec
+from geboost.consumer import Engine
 from geboost.errors import BrokerError, DecodeError, PublishError
 from geboost.log import add_file_sink, queue_logger
-from geboost.message import DeadLetter, decode_dead_letter, decode_task, encode, make_task
+from geboost.message import DeadLetter, decode_dead_letter, decode_task
 from geboost.options import BoostOptions
 
 __all__ = ["Booster", "PushResult", "boost", "new_booster"]
@@ -42,8 +42,7 @@ class Booster(Generic[P, R]):
         _patch.ensure_patched()
         self.options = options
         self._func = options.consume_func
-        self._signature = signature_of(options.consume_func)
-        self._plain_arity = _plain_positional_arity(self._signature)
+        self._codec = CallCodec(options.consume_func, queue_name=options.queue_name)
         self._broker: Broker = get_broker_factory(options.broker_kind)(options.broker_config)
         self._log = queue_logger(options.queue_name)
         self._engine: Engine | None = None
@@ -87,7 +86,7 @@ class Booster(Generic[P, R]):
         ``EncodeError``. A push the broker does not accept is retried ``push_retries`` times,
         ``push_retry_interval_s`` apart; then ``PublishError`` is raised.
         """
-        body, task_id = self._encode_call(args, kwargs)
+        body, task_id = self._codec.encode_call(args, kwargs)
         self._publish([body])
         return PushResult(task_id)
 
@@ -107,9 +106,9 @@ class Booster(Generic[P, R]):
         results: list[PushResult] = []
         for item in calls:
             if isinstance(item, Mapping):
-                body, task_id = self._encode_call((), dict(item))
+                body, task_id = self._codec.encode_call((), dict(item))
             elif isinstance(item, (list, tuple)):
-                body, task_id = self._encode_call(tuple(item), {})
+                body, task_id = self._codec.encode_call(tuple(item), {})
             else:
                 raise TypeError(
                     "push_many items must be a tuple/list of positional arguments or a dict "
@@ -124,18 +123,6 @@ class Booster(Generic[P, R]):
                 exc.accepted = start
                 raise
         return results
-
-    def _encode_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[bytes, str]:
-        # Binding costs about a microsecond per call; for the common plain signature the count
-        # of positional arguments says the same thing.
-        plain_fit = not kwargs and len(args) == self._plain_arity
-        if self._signature is not None and not plain_fit:
-            try:
-                self._signature.bind(*args, **kwargs)
-            except TypeError as exc:
-                raise TypeError(f"{self.queue_name}: push{args!r}: {exc}") from None
-        message = make_task(args, kwargs)
-        return encode(message), message.task_id
 
     def _publish(self, bodies: list[bytes]) -> None:
         """The one place where the push retry policy lives."""
@@ -179,7 +166,7 @@ class Booster(Generic[P, R]):
         """
         if self._engine is not None and not self._engine.stopping:
             return
-        self._engine = Engine(self.options, self._broker)
+        self._engine = Engine(self.options, self._broker, self._codec)
         self._engine.start()
         if self.options.handle_signals:
             signals.watch(self)
@@ -308,17 +295,6 @@ def _split_requeueable(
             movable.append(delivery)
             originals.append(original)
     return movable, originals, keep
-
-
-def _plain_positional_arity(signature: inspect.Signature | None) -> int:
-    """The number of parameters when all are required positional ones, else -1."""
-    if signature is None:
-        return -1
-    plain = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    params = signature.parameters.values()
-    if all(p.kind in plain and p.default is inspect.Parameter.empty for p in params):
-        return len(signature.parameters)
-    return -1
 
 
 def new_booster(options: BoostOptions[P, R]) -> Booster[P, R]:

@@ -18,7 +18,6 @@ Failure handling, each in one place:
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -30,13 +29,14 @@ from gevent.event import Event
 from gevent.pool import Pool
 
 from geboost.brokers.base import Broker, Delivery, Receiver
+from geboost.codec import CallCodec
 from geboost.errors import BrokerError, DecodeError
 from geboost.log import queue_logger
-from geboost.message import DeadLetter, TaskMessage, decode_task, encode
+from geboost.message import DeadLetter, TaskMessage, encode
 from geboost.options import BoostOptions
 from geboost.ratelimit import LeakyBucket
 
-__all__ = ["Engine", "signature_of"]
+__all__ = ["Engine"]
 
 _IDLE_WAIT_S = 0.2  # longest a puller waits for a free slot before servicing its connection
 _BUSY_FETCH_S = 0.02  # fetch slice while this puller's calls run, so their acks go out soon
@@ -70,13 +70,13 @@ class _Job:
 class Engine:
     """Runs one booster's consumption; created by ``Booster.consume``."""
 
-    def __init__(self, options: BoostOptions[Any, Any], broker: Broker) -> None:
+    def __init__(self, options: BoostOptions[Any, Any], broker: Broker, codec: CallCodec) -> None:
         self._opts = options
         self._broker = broker
         self._queue = options.queue_name
         self._dlq = options.queue_name + ".dlq"
         self._func: Callable[..., Any] = options.consume_func
-        self._signature = signature_of(self._func)
+        self._codec = codec
         self._log = queue_logger(options.queue_name)
         self._pool = Pool(options.concurrent_num)
         self._free_slots = options.concurrent_num
@@ -307,16 +307,16 @@ class Engine:
             message = job.message
             if message is None:
                 try:
-                    message = job.message = decode_task(job.delivery.body)
+                    message = job.message = self._codec.decode(job.delivery.body)
                 except DecodeError as exc:
+                    if exc.task_id:
+                        job.message = TaskMessage(task_id=exc.task_id)
                     self._dead_letter(job, exc, attempts=0)
                     return
             error = self._call(message)
             if error is None:
                 job.puller.to_ack.append(job.delivery)
-            elif job.attempt <= self._opts.max_retries and not self._wrong_arguments(
-                error, message
-            ):
+            elif job.attempt <= self._opts.max_retries:
                 self._schedule_retry(job, error)
             else:
                 self._dead_letter(job, error, attempts=job.attempt)
@@ -340,18 +340,6 @@ class Engine:
             # not of the process: gevent would otherwise carry SystemExit to the main greenlet.
             return exc
         return None
-
-    def _wrong_arguments(self, error: BaseException, message: TaskMessage) -> bool:
-        """A TypeError caused by the message's arguments not fitting: retrying cannot help."""
-        if not isinstance(error, TypeError):
-            return False
-        if self._signature is None:
-            return False
-        try:
-            self._signature.bind(*message.args, **message.kwargs)
-        except TypeError:
-            return True
-        return False
 
     def _schedule_retry(self, job: _Job, error: BaseException) -> None:
         opts = self._opts
@@ -416,11 +404,3 @@ class Engine:
 
 def _task_id(job: _Job) -> str:
     return job.message.task_id if job.message is not None else ""
-
-
-def signature_of(func: Callable[..., Any]) -> inspect.Signature | None:
-    """The function's signature, or None for callables inspect cannot read (some builtins)."""
-    try:
-        return inspect.signature(func)
-    except (TypeError, ValueError):
-        return None

@@ -56,4 +56,9 @@ class EncodeError(GeboostError, TypeError):
 
 
 class DecodeError(GeboostError, ValueError):
-    """A message body is not a valid geboost envelope."""
+    """A message body is not a valid geboost envelope, or its call can never run.
+
+    ``task_id`` is the envelope's id when the envelope itself could be read.
+    """
+
+    task_id: str = ""

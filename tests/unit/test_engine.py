@@ -189,7 +189,10 @@ def test_arguments_that_do_not_fit_are_dead_lettered_without_retries(
     b.broker.publish(b.queue_name, [b'{"task_id":"t1","args":[1,2,3]}'])
     b.consume()
     assert wait_for(lambda: b.dead_letter_count() == 1, 5)
-    assert calls == [] and b.dead_letters()[0].attempts == 1
+    letter = b.dead_letters()[0]
+    # Never called: the arguments are checked against the signature before the call.
+    assert calls == [] and letter.attempts == 0 and letter.task_id == "t1"
+    assert "too many positional arguments" in letter.error
 
 
 def test_stop_lets_running_calls_finish_and_returns_unstarted(boosters: list[Any]) -> None:
