@@ -12,7 +12,7 @@ import msgspec
 from geboost import _patch, signals
 from geboost.brokers.base import Broker, Delivery, get_broker_factory
 from geboost.codec import CallCodec
-from geboost.consumer import Engine
+from geboost.engine import Engine
 from geboost.errors import BrokerError, DecodeError, PublishError
 from geboost.log import add_file_sink, queue_logger
 from geboost.message import DeadLetter, decode_dead_letter, decode_task

@@ -52,6 +52,8 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     attempts: int
     failed_at: float
     task_id: str = ""
+    traceback: str = ""
+    """The formatted traceback of the last attempt (its tail, when long); empty if none."""
 
 
 _encoder = msgspec.json.Encoder()

@@ -1,0 +1,242 @@
+"""One puller: its receiver, its loop, its acks and its reconnection.
+
+A puller is the only greenlet that touches its receiver (one broker connection). Worker
+greenlets hand it finished deliveries (``ack``) and deliveries to give back (``give_back``);
+it sends them in batches between fetches. Its loop, one ``_step`` at a time:
+
+1. send the acks and requeues left for it;
+2. start the waiting jobs (retries, dead-letter writes) that are due, each in a free slot;
+3. reserve the free slots (at most ``batch_cap``) and fetch at most that many messages, waiting
+   at most ``poll_timeout_s``, or 20 ms while its own calls run (their acks can only leave
+   between fetches, and RabbitMQ sends nothing more until it gets them), and never past the
+   time the next waiting job is due;
+4. start each fetched message, paced by the engine's leaky bucket.
+
+A fetch that returns once ``stop`` has begun starts nothing: its messages go back at once. A
+broker error sends the puller to ``_reconnect``: log, then a new connection every
+``reconnect_interval_s``, forever; acks of calls that finished meanwhile are kept and sent once
+the connection is back. Pullers are never killed inside the broker (a killed pop can lose a
+message): ``stop`` raises a flag and each puller leaves after its current fetch.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from geboost.brokers.base import Delivery, Receiver
+from geboost.errors import BrokerError
+
+if TYPE_CHECKING:
+    from loguru import Logger
+
+    from geboost.engine import Engine, Job
+
+__all__ = ["Puller"]
+
+_IDLE_WAIT_S = 0.2  # longest a puller waits for a free slot before servicing its connection
+_BUSY_FETCH_S = 0.02  # fetch slice while this puller's calls run, so their acks go out soon
+
+
+class Puller:
+    """See the module docstring. ``run`` is the greenlet's body."""
+
+    def __init__(self, engine: Engine, index: int, receiver: Receiver) -> None:
+        self._engine = engine
+        self.index = index
+        self.receiver = receiver
+        self.running = 0  # this puller's messages whose step runs in the group now
+        self._in_hand = 0  # taken from the broker or the waiting heap, not started yet
+        self._to_ack: list[Delivery] = []
+        self._to_requeue: list[Delivery] = []
+        self._log = engine.log
+
+    def is_idle(self) -> bool:
+        return not (self.running or self._in_hand or self._to_ack or self._to_requeue)
+
+    # ----------------------------------------------------------------- for worker greenlets
+    def ack(self, delivery: Delivery) -> None:
+        self._to_ack.append(delivery)
+
+    def give_back(self, deliveries: list[Delivery]) -> None:
+        self._to_requeue.extend(deliveries)
+
+    def log_for(self, job: Job) -> Logger:
+        return self._log.bind(task_id=job.task_id or "-")
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> None:
+        engine = self._engine
+        while not engine.stopping:
+            try:
+                self._step()
+            except BrokerError as exc:
+                self._reconnect(exc)
+            except Exception:
+                # A bug here must not end consumption: log it with the traceback and go on.
+                self._log.exception("puller {} hit an unexpected error; continuing", self.index)
+                engine.wait_stopping(1.0)
+        self._drain()
+        self._close()
+
+    def _step(self) -> None:
+        engine = self._engine
+        self._flush()
+        if not self._start_due():
+            return
+        want = min(engine.batch_cap, engine.slots.counter)
+        if want <= 0:
+            engine.slots.wait(_IDLE_WAIT_S)
+            self.receiver.keepalive()
+            return
+        for _ in range(want):  # never yields: the counter said they are free
+            engine.slots.acquire(blocking=False)
+        got: list[Delivery] = []
+        try:
+            got = list(self.receiver.fetch(want, self._fetch_timeout_s()))
+        finally:
+            for _ in range(want - len(got)):
+                engine.slots.release()
+        self._start_fetched(got)
+
+    def _fetch_timeout_s(self) -> float:
+        timeout_s = self._engine.options.poll_timeout_s
+        if self.running:
+            timeout_s = min(timeout_s, _BUSY_FETCH_S)
+        due = self._engine.next_due()
+        if due is not None:
+            timeout_s = min(timeout_s, max(0.0, due - time.monotonic()))
+        return timeout_s
+
+    def _start_fetched(self, got: list[Delivery]) -> None:
+        """Start each fetched message (a slot is held for each); give back what cannot start."""
+        from geboost.engine import Job  # the engine imports this module
+
+        engine = self._engine
+        self._in_hand += len(got)
+        started = 0
+        try:
+            for delivery in got:
+                if engine.stopping or not self._wait_start_time():
+                    break
+                started += 1
+                self._in_hand -= 1
+                engine.start_job(Job(self, delivery))
+        finally:
+            rest = got[started:]
+            if rest:
+                self._in_hand -= len(rest)
+                for _ in rest:
+                    engine.slots.release()
+                self.give_back(rest)
+                if engine.stopping:
+                    self._flush_quietly()  # back at once, not after the running calls end
+
+    def _start_due(self) -> bool:
+        """Start the waiting jobs that are due; False if one must wait for a free slot."""
+        engine = self._engine
+        while (job := engine.pop_due()) is not None:
+            if not engine.slots.acquire(blocking=False):
+                engine.put_back(job)
+                engine.slots.wait(_IDLE_WAIT_S)
+                self.receiver.keepalive()
+                return False
+            self._in_hand += 1
+            try:
+                # Dead-letter writes are not calls: the rate limit does not apply to them.
+                ready = job.writes_failed > 0 or self._wait_start_time()
+            finally:
+                self._in_hand -= 1
+            if ready and not engine.stopping:
+                engine.start_job(job)
+            else:
+                engine.slots.release()
+                engine.put_back(job)  # gives it back when stopping
+        return True
+
+    def _wait_start_time(self) -> bool:
+        """Sleep until the bucket's next start time, servicing the connection; False if
+        stopping began meanwhile."""
+        engine = self._engine
+        if engine.bucket.unlimited:
+            return True
+        wake_at = time.monotonic() + engine.bucket.reserve()
+        while True:
+            remaining = wake_at - time.monotonic()
+            if remaining <= 0:
+                return not engine.stopping
+            if engine.wait_stopping(min(remaining, _IDLE_WAIT_S)):
+                return False
+            self.receiver.keepalive()
+
+    # ----------------------------------------------------------------- acks and the connection
+    def _flush(self) -> None:
+        """Send the acks and requeues that worker greenlets left for this puller."""
+        if self._to_ack:
+            batch, self._to_ack = self._to_ack, []
+            try:
+                self.receiver.ack(batch)
+            except BaseException:
+                self._to_ack[:0] = batch  # kept for the next connection
+                raise
+        if self._to_requeue:
+            batch, self._to_requeue = self._to_requeue, []
+            try:
+                self.receiver.requeue(batch)
+            except BaseException:
+                self._to_requeue[:0] = batch
+                raise
+
+    def _flush_quietly(self) -> None:
+        try:
+            self._flush()
+        except BrokerError:
+            pass  # kept; the final flush reports it, and the broker redelivers what is unacked
+
+    def _reconnect(self, exc: BaseException) -> None:
+        """Try a new connection every reconnect_interval_s until it works or we stop."""
+        interval = self._engine.options.reconnect_interval_s
+        self._log.error(
+            "puller {} lost its broker connection: {}; trying a new connection in {} s",
+            self.index,
+            exc,
+            interval,
+        )
+        while not self._engine.wait_stopping(interval):
+            try:
+                self.receiver.reconnect()
+            except BrokerError as again:
+                self._log.error(
+                    "puller {} could not reconnect: {}; next try in {} s",
+                    self.index,
+                    again,
+                    interval,
+                )
+                continue
+            self._log.info("puller {} reconnected; resuming", self.index)
+            return
+
+    def _drain(self) -> None:
+        """While stop() lets calls finish, keep sending their acks and servicing heartbeats:
+        a RabbitMQ connection left silent for two heartbeats would be closed, and every
+        message on it delivered again."""
+        while True:
+            self._flush_quietly()
+            try:
+                self.receiver.keepalive()
+            except BrokerError:
+                pass
+            if self._engine.drained.wait(_IDLE_WAIT_S):
+                return
+
+    def _close(self) -> None:
+        try:
+            self._flush()
+        except BrokerError as exc:
+            # Unsent acks are not lost messages: the broker redelivers them (at-least-once).
+            self._log.warning(
+                "puller {} could not send its last acks ({}); those messages may run again",
+                self.index,
+                exc,
+            )
+        self.receiver.close()
