@@ -14,7 +14,13 @@ import gevent
 import pytest
 from loguru import logger
 
-from geboost import BrokerConfig, BrokerConnectionError, BrokerError, ConfigurationError
+from geboost import (
+    BrokerAuthenticationError,
+    BrokerConfig,
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+)
 from geboost.brokers.base import get_broker_factory
 from geboost.brokers.rabbitmq import RabbitMQBroker
 from geboost.brokers.rabbitmq_config import RabbitSettings
@@ -122,9 +128,9 @@ def test_password_is_never_shown(rabbit: None) -> None:
         b = RabbitMQBroker(BrokerConfig(broker_url=url))
         r = b.open_receiver("never-created-" + uuid.uuid4().hex[:6])
         shown = [repr(b), repr(r), repr(b.settings), b.settings.masked_url]
-        with pytest.raises(BrokerConnectionError) as publish_error:
+        with pytest.raises(BrokerAuthenticationError) as publish_error:
             b.publish("never-created", [b"x"])  # wrong password: refused by the server
-        with pytest.raises(BrokerConnectionError) as fetch_error:
+        with pytest.raises(BrokerAuthenticationError) as fetch_error:
             r.fetch(1, 0.1)
         shown += [str(publish_error.value), str(fetch_error.value)]
         r.close()
