@@ -287,7 +287,12 @@ class Booster(Generic[P, R]):
                 movable, originals, keep = _split_requeueable(list(held))
                 kept.extend(keep)
                 if movable:
-                    self._publish(originals)
+                    try:
+                        self._publish(originals)
+                    except PublishError as exc:
+                        # Those the queue accepted leave the dead-letter queue: no duplicate.
+                        receiver.ack(movable[: exc.accepted])
+                        raise
                     receiver.ack(movable)
                     moved += len(movable)
             receiver.requeue(kept)
