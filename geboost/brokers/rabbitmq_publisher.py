@@ -239,8 +239,11 @@ class Publisher:
             if request.result.ready():
                 continue
             accepted = self._accepted_prefix(request)
+            if accepted == len(request.bodies):
+                request.result.set(accepted)  # all confirmed before the failure: a success
+                continue
             error: BrokerError
-            if refusal is not None and accepted < len(request.bodies):
+            if refusal is not None:
                 if culprit_seen:
                     error = BrokerError(
                         f"rabbitmq closed the channel while publishing to "

@@ -497,6 +497,22 @@ def test_a_message_the_server_refuses_fails_at_once_and_accepted_is_exact(qname:
     assert names == sorted(f"item{i}" for i in range(250) if i != 220)
 
 
+def test_a_refusal_fails_only_the_push_that_sent_the_refused_message(qname: str) -> None:
+    # Pushes from other greenlets share the publisher's confirm batch (and so the channel that
+    # RabbitMQ closes): they succeed, at once or after a retry, each exactly once.
+    b = _booster(qname, transport={"max_message_size": 0}, push_retry_interval_s=0.1)
+    try:
+        big = gevent.spawn(b.push, "x" * (134_217_728 + 1024))
+        small = [gevent.spawn(b.push, f"small{i}") for i in range(20)]
+        gevent.joinall([big, *small], timeout=60)
+        assert isinstance(big.exception, PublishError)
+        assert isinstance(big.exception.__cause__, MessageRefusedError)
+        assert [g.exception for g in small] == [None] * 20
+        assert wait_count(b.broker, qname, 20)  # type: ignore[arg-type]
+    finally:
+        b.stop(timeout_s=5)
+
+
 def test_an_item_over_max_message_size_is_refused_before_its_chunk_is_sent(
     qname: str, log_lines: list[str]
 ) -> None:
