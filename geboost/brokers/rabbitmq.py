@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from geboost.brokers.base import BrokerConfig
-from geboost.brokers.rabbitmq_config import RabbitSettings, declare
+from geboost.brokers.rabbitmq_config import DLQ_SUFFIX, RabbitSettings, declare
 from geboost.brokers.rabbitmq_publisher import Publisher
 from geboost.brokers.rabbitmq_receiver import RabbitMQReceiver
 from geboost.errors import MessageRefusedError
@@ -98,6 +98,10 @@ class RabbitMQBroker:
 
     def open_receiver(self, queue_name: str, *, window: int = 100) -> RabbitMQReceiver:
         prefetch = self._settings.prefetch_count or min(max(window, 1), 65535)
+        if queue_name.endswith(DLQ_SUFFIX):
+            # Dead letters are read by dead_letters()/requeue_dead_letters(), which hold what
+            # they read until the end: a prefetch_count set for pullers would stop them short.
+            prefetch = min(max(window, 1), 65535)
         return RabbitMQReceiver(self._settings, queue_name, prefetch_count=prefetch)
 
     def count(self, queue_name: str) -> int:

@@ -259,3 +259,22 @@ def test_dead_letter_reads_and_requeue_take_every_letter_even_behind_a_large_one
     assert b.requeue_dead_letters() == 41
     assert b.dead_letter_count() == 0
     assert wait_for(lambda: b.message_count() == 41, 20)
+
+
+def test_requeue_dead_letters_moves_every_valid_letter_past_invalid_ones(
+    spec: BrokerSpec, queue_name: str, stop_after: list[Any]
+) -> None:
+    b = new_booster(_options(spec, queue_name, _takes_text))
+    stop_after.append(b)
+    letters = []
+    for i in range(1200):  # more than one fetch of requeue_dead_letters (500)
+        original = "not a task" if i in (3, 700) else encode(make_task((f"s{i}",), {})).decode()
+        letter = DeadLetter(
+            queue_name=queue_name, body=original, error="boom", attempts=1, failed_at=time.time()
+        )
+        letters.append(encode(letter))
+    b.broker.publish(b.dead_letter_queue_name, letters)
+    assert wait_for(lambda: b.dead_letter_count() == 1200, 20)
+    assert b.requeue_dead_letters() == 1198
+    assert b.dead_letter_count() == 2  # the two that are not tasks stay
+    assert wait_for(lambda: b.message_count() == 1198, 20)

@@ -31,7 +31,7 @@ from geboost import (
 from geboost.brokers.base import get_broker_factory
 from geboost.brokers.rabbitmq import RabbitMQBroker
 from geboost.brokers.rabbitmq_config import RabbitSettings
-from geboost.message import decode_task
+from geboost.message import DeadLetter, decode_task, encode, make_task
 from tests.support import cleanup_queues, drain, free_port, port_open, skip_or_fail, wait_for
 
 pytestmark = pytest.mark.rabbitmq
@@ -580,5 +580,28 @@ def test_a_consumer_with_wrong_credentials_keeps_trying(qname: str, log_lines: l
 
         assert wait_for(lambda: len(refused()) >= 3, 20)  # one error per attempt
         assert not b.join(timeout_s=0)  # still running: it never gives up
+    finally:
+        b.stop(timeout_s=5)
+
+
+def test_dead_letter_reads_are_not_limited_by_a_configured_prefetch(qname: str) -> None:
+    b = _booster(qname, transport={"prefetch_count": 5})
+    try:
+        letters = [
+            encode(
+                DeadLetter(
+                    queue_name=qname,
+                    body=encode(make_task((f"s{i}",), {})).decode(),
+                    error="boom",
+                    attempts=1,
+                    failed_at=time.time(),
+                )
+            )
+            for i in range(12)
+        ]
+        b.broker.publish(b.dead_letter_queue_name, letters)
+        assert wait_for(lambda: b.dead_letter_count() == 12, 10)
+        assert len(b.dead_letters()) == 12
+        assert b.requeue_dead_letters() == 12
     finally:
         b.stop(timeout_s=5)
