@@ -69,11 +69,12 @@ class MessageRefusedError(BrokerError):
 
 
 class PublishError(BrokerError):
-    """A push could not be delivered after every retry; the message was NOT accepted.
+    """A push failed after its retries (or at once: refused message, refused credentials).
 
-    ``accepted`` counts the messages that WERE accepted before the failure: for ``push_many``,
-    every message of the earlier batches plus the leading part of the failed batch that the
-    broker confirmed; the items from index ``accepted`` on were not sent or not accepted.
+    ``accepted`` counts the messages the broker confirmed: for ``push_many``, every message of
+    the earlier batches plus the confirmed leading part of the failed batch. The items from
+    index ``accepted`` on were refused or never confirmed; after a lost connection, one written
+    but not yet confirmed may still have reached the queue (at-least-once).
     """
 
     accepted: int = 0
