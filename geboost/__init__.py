@@ -19,12 +19,14 @@ from geboost.brokers.base import (  # noqa: E402
     register_broker,
 )
 from geboost.errors import (  # noqa: E402
+    BrokerAuthenticationError,
     BrokerConnectionError,
     BrokerError,
     ConfigurationError,
     DecodeError,
     EncodeError,
     GeboostError,
+    MessageRefusedError,
     PublishError,
     UnknownBrokerError,
 )
@@ -37,6 +39,7 @@ __all__ = [
     "BoostOptions",
     "Booster",
     "Broker",
+    "BrokerAuthenticationError",
     "BrokerConfig",
     "BrokerConnectionError",
     "BrokerError",
@@ -47,6 +50,7 @@ __all__ = [
     "Delivery",
     "EncodeError",
     "GeboostError",
+    "MessageRefusedError",
     "PublishError",
     "PushResult",
     "Receiver",

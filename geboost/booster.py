@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import gevent
 import msgspec
 
 from geboost import _patch, signals
-from geboost.brokers.base import Broker, Delivery, get_broker_factory
+from geboost.brokers.base import Broker, Delivery, Receiver, get_broker_factory
 from geboost.codec import CallCodec
 from geboost.engine import Engine
-from geboost.errors import BrokerError, DecodeError, PublishError
+from geboost.errors import (
+    BrokerAuthenticationError,
+    BrokerError,
+    DecodeError,
+    MessageRefusedError,
+    PublishError,
+)
 from geboost.log import add_file_sink, queue_logger
 from geboost.message import DeadLetter, decode_dead_letter, decode_task
 from geboost.options import BoostOptions
@@ -97,8 +103,9 @@ class Booster(Generic[P, R]):
 
         Each item is a tuple/list of positional arguments or a dict of keyword arguments.
         Every call is checked before anything is sent. The same retry policy as ``push``
-        applies to each batch; on ``PublishError`` the earlier batches were accepted and the
-        failed one and those after it were not (``PublishError.accepted`` says how many).
+        applies to each batch (a retry sends only what the broker had not accepted yet). On
+        ``PublishError``, the items before index ``PublishError.accepted`` are in the queue
+        and the others are not.
         """
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
@@ -118,43 +125,56 @@ class Booster(Generic[P, R]):
             results.append(PushResult(task_id))
         for start in range(0, len(bodies), chunk_size):
             try:
-                self._publish(bodies[start : start + chunk_size])
+                self._publish(bodies[start : start + chunk_size], first_index=start)
             except PublishError as exc:
-                exc.accepted = start
+                exc.accepted += start
                 raise
         return results
 
-    def _publish(self, bodies: list[bytes]) -> None:
-        """The one place where the push retry policy lives."""
+    def _publish(self, bodies: list[bytes], *, first_index: int = 0) -> None:
+        """The one place where the push retry policy lives.
+
+        A ``BrokerError`` is retried ``push_retries`` times, each retry sending only the bodies
+        after the ``accepted`` leading ones (never one the broker confirmed). A refused message
+        (``MessageRefusedError``) or refused credentials (``BrokerAuthenticationError``) fail at
+        once: sending again cannot help. ``PublishError.accepted`` counts the leading bodies in
+        the queue; ``first_index`` is the index of ``bodies[0]`` in the caller's items.
+        """
         queue = self.queue_name
         attempts = self.options.push_retries + 1
         interval_s = self.options.push_retry_interval_s
+        accepted = 0
         for attempt in range(1, attempts + 1):
             try:
-                self._broker.publish(queue, bodies)
+                self._broker.publish(queue, bodies[accepted:])
                 return
             except BrokerError as exc:
-                if attempt == attempts:
-                    self._log.error(
-                        "push of {} message(s) to {} failed {} time(s), giving up: {}",
-                        len(bodies),
+                sent_from = accepted
+                accepted += max(0, min(exc.accepted, len(bodies) - accepted))
+                if isinstance(exc, (MessageRefusedError, BrokerAuthenticationError)):
+                    error = PublishError(
+                        f"could not push to queue {queue!r}, not retried: "
+                        f"{_refusal(exc, first_index + sent_from)}"
+                    )
+                elif attempt < attempts:
+                    self._log.warning(
+                        "push to {} failed (attempt {}/{}): {}; reconnecting and retrying in {} s",
                         queue,
+                        attempt,
                         attempts,
                         exc,
+                        interval_s,
                     )
-                    raise PublishError(
-                        f"could not push {len(bodies)} message(s) to queue {queue!r} "
+                    gevent.sleep(interval_s)
+                    continue
+                else:
+                    error = PublishError(
+                        f"could not push {len(bodies) - accepted} message(s) to queue {queue!r} "
                         f"after {attempts} attempt(s): {exc}"
-                    ) from exc
-                self._log.warning(
-                    "push to {} failed (attempt {}/{}): {}; reconnecting and retrying in {} s",
-                    queue,
-                    attempt,
-                    attempts,
-                    exc,
-                    interval_s,
-                )
-                gevent.sleep(interval_s)
+                    )
+                error.accepted = accepted
+                self._log.error("push to {} failed, giving up: {}", queue, error)
+                raise error from exc
 
     # ----------------------------------------------------------------- consuming
     def consume(self) -> None:
@@ -230,15 +250,17 @@ class Booster(Generic[P, R]):
         return self._broker.count(self.dead_letter_queue_name)
 
     def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Read up to ``limit`` dead letters without removing them."""
+        """Read up to ``limit`` dead letters without removing them.
+
+        Reads until ``limit`` or the count of letters found at the start is reached, or the
+        queue is really empty; gives up after ``_LETTERS_STALL_S`` without a letter arriving.
+        """
+        queue = self.dead_letter_queue_name
         held: list[Delivery] = []
-        receiver = self._broker.open_receiver(self.dead_letter_queue_name, window=max(limit, 1))
+        target = min(limit, self._broker.count(queue))
+        receiver = self._broker.open_receiver(queue, window=max(target, 1))
         try:
-            # Several fetches: a broker may hand out a window at a time.
-            while len(held) < limit:
-                got = receiver.fetch(limit - len(held), 0.05)
-                if not got:
-                    break
+            for got in _take_letters(receiver, lambda: self._broker.count(queue), target):
                 held.extend(got)
             receiver.requeue(held)
         finally:
@@ -252,30 +274,71 @@ class Booster(Generic[P, R]):
         can only duplicate a message, never lose one. Letters whose original cannot be decoded
         as a task stay in the dead-letter queue.
         """
-        if limit is None:
-            # Only what is there now: letters that fail again while we move must not loop.
-            limit = self.dead_letter_count()
-        receiver = self._broker.open_receiver(self.dead_letter_queue_name, window=500)
+        queue = self.dead_letter_queue_name
+        # Only what is there now: letters that fail again while we move must not loop.
+        target = self._broker.count(queue)
+        if limit is not None:
+            target = min(limit, target)
+        receiver = self._broker.open_receiver(queue, window=min(max(target, 1), 500))
         moved = 0
+        kept: list[Delivery] = []  # held until the end, so that they are not fetched again
         try:
-            while moved < limit:
-                want = min(500, limit - moved)
-                held = list(receiver.fetch(want, 0.05))
-                if not held:
-                    break
-                movable, originals, keep = _split_requeueable(held)
+            for held in _take_letters(receiver, lambda: self._broker.count(queue), target):
+                movable, originals, keep = _split_requeueable(list(held))
+                kept.extend(keep)
                 if movable:
-                    self._publish(originals)
+                    try:
+                        self._publish(originals)
+                    except PublishError as exc:
+                        # Those the queue accepted leave the dead-letter queue: no duplicate.
+                        receiver.ack(movable[: exc.accepted])
+                        raise
                     receiver.ack(movable)
                     moved += len(movable)
-                if keep:
-                    receiver.requeue(keep)
-                    break
+            receiver.requeue(kept)
         finally:
             receiver.close()
         if moved:
             self._log.info("requeued {} dead letter(s)", moved)
         return moved
+
+
+def _refusal(exc: BrokerError, first_index: int) -> str:
+    """The refusal's text, naming the refused item when the broker said which one it was."""
+    if isinstance(exc, MessageRefusedError) and exc.index >= 0:
+        return f"item {first_index + exc.index} refused: {exc}"
+    return str(exc)  # an authentication error's text says so
+
+
+_LETTERS_FETCH_S = 0.2  # one wait for letters
+_LETTERS_LAST_WAIT_S = 1.0  # after the queue counts 0: a letter on its way to us is not counted
+_LETTERS_STALL_S = 5.0  # no letter for this long although some are counted: give up
+
+
+def _take_letters(
+    receiver: Receiver, count: Callable[[], int], target: int, batch: int = 500
+) -> Iterator[Sequence[Delivery]]:
+    """Batches fetched from ``receiver`` until ``target`` were taken or the queue is empty.
+
+    An empty fetch does not end it (a large letter may still be on its way, with the small ones
+    behind it); the queue counting 0 and nothing arriving for ``_LETTERS_LAST_WAIT_S`` does, as
+    does ``_LETTERS_STALL_S`` without any letter (another reader holds them): always bounded.
+    """
+    taken = 0
+    last_letter_at = time.monotonic()
+    while taken < target:
+        want = min(batch, target - taken)
+        got = receiver.fetch(want, _LETTERS_FETCH_S)
+        if not got and count() == 0:
+            got = receiver.fetch(want, _LETTERS_LAST_WAIT_S)
+            if not got:
+                return
+        if got:
+            taken += len(got)
+            last_letter_at = time.monotonic()
+            yield got
+        elif time.monotonic() - last_letter_at >= _LETTERS_STALL_S:
+            return
 
 
 def _split_requeueable(

@@ -7,12 +7,14 @@ boundary, so user code only ever needs to catch ``GeboostError`` or one of its c
 from __future__ import annotations
 
 __all__ = [
+    "BrokerAuthenticationError",
     "BrokerConnectionError",
     "BrokerError",
     "ConfigurationError",
     "DecodeError",
     "EncodeError",
     "GeboostError",
+    "MessageRefusedError",
     "PublishError",
     "UnknownBrokerError",
 ]
@@ -31,7 +33,13 @@ class UnknownBrokerError(ConfigurationError):
 
 
 class BrokerError(GeboostError):
-    """A broker refused or failed an operation."""
+    """A broker refused or failed an operation.
+
+    For a failed publish of a batch, ``accepted`` is how many of its LEADING messages the broker
+    had accepted (confirmed) before the failure: a retry sends only the ones after them.
+    """
+
+    accepted: int = 0
 
 
 class BrokerConnectionError(BrokerError):
@@ -42,10 +50,31 @@ class BrokerConnectionError(BrokerError):
     """
 
 
-class PublishError(BrokerError):
-    """A push could not be delivered after every retry; the message was NOT accepted.
+class BrokerAuthenticationError(BrokerError):
+    """The broker refused the credentials (or the user's access to the vhost/database).
 
-    For a batch (``push_many``), ``accepted`` counts the messages of earlier batches that were.
+    Not a connection error: retrying a push at once cannot fix it, so ``push`` fails at once.
+    A consumer keeps trying every ``reconnect_interval_s`` (someone may fix the account).
+    """
+
+
+class MessageRefusedError(BrokerError):
+    """The broker refused a message for what it is (too large, not allowed, ...).
+
+    Sending the same message again would be refused again, so ``push`` does not retry it.
+    ``index`` is the refused message's position in the published batch when known (else -1).
+    """
+
+    index: int = -1
+
+
+class PublishError(BrokerError):
+    """A push failed after its retries (or at once: refused message, refused credentials).
+
+    ``accepted`` counts the messages the broker confirmed: for ``push_many``, every message of
+    the earlier batches plus the confirmed leading part of the failed batch. The items from
+    index ``accepted`` on were refused or never confirmed; after a lost connection, one written
+    but not yet confirmed may still have reached the queue (at-least-once).
     """
 
     accepted: int = 0

@@ -38,6 +38,9 @@ Transport options (``BrokerConfig.broker_transport_options``; an unknown key is 
         alarm this long is dropped (the push fails and is retried) instead of hanging.
     ``confirm_timeout_s`` (float, 30): longest wait for the publisher confirms of one batch.
     ``confirm_batch_size`` (int, 1000): messages written before waiting for their confirms.
+    ``max_message_size`` (int, 134217728): largest body in bytes, RabbitMQ's own default for its
+        ``max_message_size`` setting; a larger one is refused (``MessageRefusedError``) before
+        anything of its batch is sent. Set it to the server's value; 0 turns the check off.
     ``tls_ca_file`` (str, ""): CA bundle for ``amqps://``; empty = the system's.
     ``tls_verify`` (bool, True): False skips certificate checks (test brokers only).
 """
@@ -48,9 +51,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from geboost.brokers.base import BrokerConfig
-from geboost.brokers.rabbitmq_config import RabbitSettings, declare
+from geboost.brokers.rabbitmq_config import DLQ_SUFFIX, RabbitSettings, declare
 from geboost.brokers.rabbitmq_publisher import Publisher
 from geboost.brokers.rabbitmq_receiver import RabbitMQReceiver
+from geboost.errors import MessageRefusedError
 
 __all__ = ["RabbitMQBroker", "RabbitMQReceiver"]
 
@@ -77,10 +81,27 @@ class RabbitMQBroker:
         return self._settings
 
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
+        limit = self._settings.max_message_size
+        if limit:
+            # RabbitMQ would close the channel on such a body, after the ones before it went in;
+            # checked before anything of the batch is sent, so a refused batch sends nothing.
+            for index, body in enumerate(bodies):
+                if len(body) > limit:
+                    error = MessageRefusedError(
+                        f"a body of {len(body)} bytes for queue {queue_name!r} is over "
+                        f"RabbitMQ's max_message_size of {limit} bytes "
+                        "(transport option 'max_message_size')"
+                    )
+                    error.index = index
+                    raise error
         self._publisher.publish(queue_name, bodies)
 
     def open_receiver(self, queue_name: str, *, window: int = 100) -> RabbitMQReceiver:
         prefetch = self._settings.prefetch_count or min(max(window, 1), 65535)
+        if queue_name.endswith(DLQ_SUFFIX):
+            # Dead letters are read by dead_letters()/requeue_dead_letters(), which hold what
+            # they read until the end: a prefetch_count set for pullers would stop them short.
+            prefetch = min(max(window, 1), 65535)
         return RabbitMQReceiver(self._settings, queue_name, prefetch_count=prefetch)
 
     def count(self, queue_name: str) -> int:

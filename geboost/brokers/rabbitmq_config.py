@@ -16,35 +16,26 @@ import msgspec
 import pika
 import pika.exceptions
 
-from geboost.brokers.base import check_transport_options
-from geboost.errors import BrokerConnectionError, BrokerError, ConfigurationError
+from geboost.errors import (
+    BrokerAuthenticationError,
+    BrokerConnectionError,
+    BrokerError,
+    ConfigurationError,
+)
 
-__all__ = ["RabbitSettings", "translate"]
-
-_KNOWN_OPTIONS: dict[str, type | tuple[type, ...]] = {
-    "prefetch_count": int,
-    "heartbeat_s": int,
-    "queue_arguments": dict,
-    "connect_timeout_s": (int, float),
-    "blocked_connection_timeout_s": (int, float),
-    "confirm_timeout_s": (int, float),
-    "confirm_batch_size": int,
-    "tls_ca_file": str,
-    "tls_verify": bool,
-}
+__all__ = ["RabbitOptions", "RabbitSettings", "translate"]
 
 DLQ_SUFFIX = ".dlq"
+RABBITMQ_MAX_MESSAGE_SIZE = 134_217_728  # RabbitMQ's own default for ``max_message_size``
 
 
-class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """The parsed URL plus the transport options, with their defaults."""
+class RabbitOptions(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The transport options, with their defaults: the one list of what a user may set.
 
-    scheme: str = "amqp"
-    host: str = "localhost"
-    port: int = 5672
-    vhost: str = "/"
-    username: str = "guest"
-    password: str = "guest"
+    Parsed with ``msgspec.convert`` (strict: a bool is not an int, a str is not a number);
+    unknown keys are refused.
+    """
+
     prefetch_count: int = 0  # 0: the receiver's window, ceil(1.25 * concurrent_num / conn_num)
     heartbeat_s: int = 60
     queue_arguments: dict[str, Any] = msgspec.field(default_factory=dict)
@@ -52,19 +43,28 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
     blocked_connection_timeout_s: float = 60.0
     confirm_timeout_s: float = 30.0
     confirm_batch_size: int = 1000
+    max_message_size: int = RABBITMQ_MAX_MESSAGE_SIZE  # bytes; 0: no check before sending
     tls_ca_file: str = ""
     tls_verify: bool = True
+
+
+class RabbitSettings(RabbitOptions, frozen=True, kw_only=True):
+    """The parsed URL plus the transport options."""
+
+    scheme: str = "amqp"
+    host: str = "localhost"
+    port: int = 5672
+    vhost: str = "/"
+    username: str = "guest"
+    password: str = "guest"
 
     @classmethod
     def from_config(cls, url: str, options: Mapping[str, Any]) -> RabbitSettings:
         """Parse ``url`` and ``options``; raises ``ConfigurationError`` naming what is wrong."""
-        check_transport_options("rabbitmq", options, _KNOWN_OPTIONS)
+        parsed = _convert_options(options)
         if "prefetch_count" in options:  # absent: 0, the receiver's window decides
-            _in_range("prefetch_count", options["prefetch_count"], 1, 65535)
-        values = dict(options)
-        if "queue_arguments" in values:
-            values["queue_arguments"] = dict(values["queue_arguments"])  # the caller's stays theirs
-        settings = cls(**_parse_url(url), **values)
+            _in_range("prefetch_count", parsed.prefetch_count, 1, 65535)
+        settings = cls(**_parse_url(url), **msgspec.structs.asdict(parsed))
         settings._check()
         return settings
 
@@ -72,16 +72,12 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
         # Both travel as AMQP shorts (16 bits) in basic.qos and connection.tune.
         _in_range("heartbeat_s", self.heartbeat_s, 0, 65535)
         _in_range("confirm_batch_size", self.confirm_batch_size, 1, 1_000_000)
+        _in_range("max_message_size", self.max_message_size, 0, 2**31)
         for name in ("connect_timeout_s", "blocked_connection_timeout_s", "confirm_timeout_s"):
             value = getattr(self, name)
             if not math.isfinite(value) or value <= 0:
                 raise ConfigurationError(
                     f"rabbitmq transport option {name!r} must be a number > 0, got {value!r}"
-                )
-        for key in self.queue_arguments:
-            if not isinstance(key, str):
-                raise ConfigurationError(
-                    f"rabbitmq transport option 'queue_arguments' has a non-str key {key!r}"
                 )
         if self.tls_ca_file and self.scheme != "amqps":
             raise ConfigurationError(
@@ -147,6 +143,22 @@ class RabbitSettings(msgspec.Struct, frozen=True, kw_only=True):
         return pika.SSLOptions(context, server_hostname=self.host)
 
 
+def _convert_options(options: Mapping[str, Any]) -> RabbitOptions:
+    """The options dict as a ``RabbitOptions``; msgspec's complaint becomes ours, field named."""
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"rabbitmq transport options must be a dict, got {options!r}")
+    try:
+        # convert builds new containers, so a queue_arguments dict the caller changes later
+        # does not change ours.
+        return msgspec.convert(dict(options), RabbitOptions)
+    except msgspec.ValidationError as exc:
+        # msgspec's text names the field ("unknown field `x`", "... - at `$.x`").
+        hint = ""
+        if "unknown field" in str(exc):
+            hint = f"; known options: {sorted(RabbitOptions.__struct_fields__)}"
+        raise ConfigurationError(f"rabbitmq transport options: {exc}{hint}") from None
+
+
 def _parse_url(url: str) -> dict[str, Any]:
     """``amqp[s]://user:pass@host:port/vhost``, ``host:port``, ``host`` or empty."""
     if not url:
@@ -200,11 +212,33 @@ def translate(exc: BaseException, doing: str, secret: str) -> BrokerError:
     if secret:
         text = text.replace(secret, "***")
     message = f"rabbitmq {doing} failed: {text}"
+    if _is_refused_login(exc):
+        return BrokerAuthenticationError(f"{message} (authentication or vhost access refused)")
     if isinstance(exc, (pika.exceptions.AMQPChannelError, pika.exceptions.ChannelError)):
         return BrokerError(message)
     if isinstance(exc, (pika.exceptions.AMQPError, OSError)):
         return BrokerConnectionError(message)
     return BrokerError(message)
+
+
+_ACCESS_REFUSED = 403
+
+
+def _is_refused_login(exc: BaseException) -> bool:
+    """Wrong user/password, or no access to the vhost: retrying at once cannot help."""
+    if isinstance(
+        exc,
+        (
+            pika.exceptions.ProbableAuthenticationError,
+            pika.exceptions.AuthenticationError,
+            pika.exceptions.ProbableAccessDeniedError,
+        ),
+    ):
+        return True
+    return (
+        isinstance(exc, pika.exceptions.ConnectionClosedByBroker)
+        and exc.reply_code == _ACCESS_REFUSED
+    )
 
 
 # What ``translate`` is called for: everything pika and the socket layer raise, never

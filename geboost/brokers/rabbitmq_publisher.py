@@ -12,6 +12,14 @@ Confirms are counted here rather than by pika's ``BlockingChannel``, which waits
 broker's confirm after EACH message. Confirm mode is switched on through the channel's
 asynchronous core (``channel._impl``, pika's ``Channel``), the whole batch is written, and the
 connection is driven until every delivery tag is acked (or nacked).
+
+When RabbitMQ refuses a message it closes the channel (406 for a body over its
+``max_message_size``, 403 without write permission) and drops every confirm it still owed on that
+channel. A close callback on the channel records the reason and wakes the confirm wait at once.
+Each request then learns how many of its LEADING bodies were confirmed (``BrokerError.accepted``):
+the caller retries only the rest. So that this count is exact, a large body (where a refusal is
+likely) is written only once everything before it is confirmed; what was written after the
+refused message never reaches a queue (RabbitMQ ignores a closing channel's frames).
 """
 
 from __future__ import annotations
@@ -37,7 +45,7 @@ from geboost.brokers.rabbitmq_config import (
     open_channel,
     translate,
 )
-from geboost.errors import BrokerConnectionError, BrokerError
+from geboost.errors import BrokerConnectionError, BrokerError, MessageRefusedError
 from geboost.log import queue_logger
 
 __all__ = ["Publisher"]
@@ -45,14 +53,18 @@ __all__ = ["Publisher"]
 _PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 _NOT_FOUND = 404
 IDLE_CLOSE_S = 60.0  # the owner closes the connection and ends after this long without calls
+# Bodies larger than this wait for the confirms of everything written before them (see the
+# module docstring). One round trip per large body is small beside its transfer time.
+CONFIRM_BEFORE_BYTES = 1 << 20
 
 Action = Callable[[Any], int]
+_PUBLISH_ERRORS: tuple[type[Exception], ...] = (*PIKA_ERRORS, BrokerError)
 
 
 class _Request:
     """One caller's wish: publish ``bodies`` (``action`` None) or run ``action`` on the channel."""
 
-    __slots__ = ("action", "bodies", "closing", "queue_name", "result")
+    __slots__ = ("action", "bodies", "closing", "first_tag", "generation", "queue_name", "result")
 
     def __init__(
         self, queue_name: str, bodies: Sequence[bytes], action: Action | None, closing: bool
@@ -62,6 +74,8 @@ class _Request:
         self.action = action
         self.closing = closing
         self.result: AsyncResult[int] = AsyncResult()
+        self.first_tag = 0  # delivery tag of its first body once written (tags start at 1)
+        self.generation = 0  # the channel it was written on
 
 
 def _end_wait() -> None:
@@ -85,6 +99,7 @@ class Publisher:
         self._unconfirmed: set[int] = set()
         self._nacked: set[int] = set()
         self._returned: set[str] = set()
+        self._closed_by_broker: pika.exceptions.ChannelClosedByBroker | None = None
 
     # ----------------------------------------------------------------- callers' side
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
@@ -199,21 +214,67 @@ class Publisher:
         try:
             self._ensure_connected()
             declared = self._declare_each(batch)
-            ranges = [self._write(request) for request in declared]
+            for request in declared:
+                self._write(request)
             self._await_confirms()
-        except PIKA_ERRORS as exc:
-            self._fail(batch, exc, f"publish to queue {batch[0].queue_name!r}")
+        except _PUBLISH_ERRORS as exc:
+            self._fail_partly(batch, exc)
             return
-        except BrokerError as exc:
-            self._disconnect()
-            for request in batch:
-                if not request.result.ready():
-                    request.result.set_exception(exc)
-            return
-        for request, (first, end) in zip(declared, ranges, strict=True):
-            self._answer(request, first, end)
+        for request in declared:
+            self._answer(request)
         self._nacked.clear()
         self._returned.clear()
+
+    def _fail_partly(self, batch: list[_Request], exc: BaseException) -> None:
+        """Fail every unanswered request, each with the count of its leading confirmed bodies.
+
+        After a refusal only the request whose message was refused gets ``MessageRefusedError``
+        (sending it again cannot help); requests merged into the same batch only lost the
+        channel with it and get a plain ``BrokerError``, which their callers retry.
+        """
+        doing = f"publish to queue {batch[0].queue_name!r}"
+        refusal = self._closed_by_broker
+        culprit_seen = False
+        for request in batch:
+            if request.result.ready():
+                continue
+            accepted = self._accepted_prefix(request)
+            if accepted == len(request.bodies):
+                request.result.set(accepted)  # all confirmed before the failure: a success
+                continue
+            error: BrokerError
+            if refusal is not None:
+                if culprit_seen:
+                    error = BrokerError(
+                        f"rabbitmq closed the channel while publishing to "
+                        f"{request.queue_name!r} because of another request's message"
+                    )
+                else:
+                    culprit_seen = True
+                    error = MessageRefusedError(
+                        f"rabbitmq refused a message for queue {request.queue_name!r} and "
+                        "closed the channel: "
+                        f"{refusal.reply_code} {refusal.reply_text}"
+                    )
+                    error.index = accepted
+            elif isinstance(exc, BrokerError):
+                error = type(exc)(str(exc))
+            else:
+                error = translate(exc, doing, self._settings.password)
+            error.accepted = accepted
+            request.result.set_exception(error)
+        self._disconnect()
+
+    def _accepted_prefix(self, request: _Request) -> int:
+        """How many leading bodies of ``request`` RabbitMQ confirmed (acked) on this channel."""
+        if not request.first_tag or request.generation != self._generation:
+            return 0
+        accepted = 0
+        for tag in range(request.first_tag, request.first_tag + len(request.bodies)):
+            if tag >= self._next_tag or tag in self._unconfirmed or tag in self._nacked:
+                break
+            accepted += 1
+        return accepted
 
     def _declare_each(self, batch: list[_Request]) -> list[_Request]:
         """Declare each queue once per connection; a refused declare fails only its request."""
@@ -235,9 +296,10 @@ class Publisher:
             ok.append(request)
         return ok
 
-    def _write(self, request: _Request) -> tuple[int, int]:
-        """Publish the request's bodies; returns its range of delivery tags."""
-        first = self._next_tag
+    def _write(self, request: _Request) -> None:
+        """Publish the request's bodies; it remembers its first delivery tag."""
+        request.first_tag = self._next_tag
+        request.generation = self._generation
         # The frames go through the channel's underlying async implementation: the blocking
         # channel's basic_publish drives the connection after EVERY message (about 3/4 of the
         # time of a batch), while here they are buffered and flushed by _await_confirms, which
@@ -245,6 +307,8 @@ class Publisher:
         # confirm mode in _open.
         publish = self._channel._impl.basic_publish
         for body in request.bodies:
+            if len(body) > CONFIRM_BEFORE_BYTES and self._unconfirmed:
+                self._await_confirms()  # a refusal of this one must not leave others in doubt
             # Counted BEFORE the write, so that an ack read while sending is never missed.
             self._unconfirmed.add(self._next_tag)
             self._next_tag += 1
@@ -253,12 +317,14 @@ class Publisher:
             publish("", request.queue_name, body, properties=_PERSISTENT, mandatory=True)
             if len(self._unconfirmed) >= self._settings.confirm_batch_size:
                 self._await_confirms()
-        return first, self._next_tag
 
     def _await_confirms(self) -> None:
         assert self._connection is not None
         deadline = time.monotonic() + self._settings.confirm_timeout_s
         while self._unconfirmed:
+            if self._closed_by_broker is not None:
+                # The confirms still owed will never come: RabbitMQ dropped them with the channel.
+                raise BrokerError(f"rabbitmq closed the channel: {self._closed_by_broker}")
             remaining_s = deadline - time.monotonic()
             if remaining_s <= 0:
                 raise BrokerConnectionError(
@@ -267,7 +333,9 @@ class Publisher:
                 )
             self._connection.process_data_events(time_limit=remaining_s)
 
-    def _answer(self, request: _Request, first: int, end: int) -> None:
+    def _answer(self, request: _Request) -> None:
+        first = request.first_tag
+        end = first + len(request.bodies)
         nacked = sum(1 for tag in self._nacked if first <= tag < end)
         if request.queue_name in self._returned:
             self._declared.discard(request.queue_name)
@@ -275,11 +343,12 @@ class Publisher:
                 BrokerError(f"rabbitmq returned messages for {request.queue_name!r}: no such queue")
             )
         elif nacked:
-            request.result.set_exception(
-                BrokerError(
-                    f"rabbitmq refused (nacked) {nacked} message(s) for {request.queue_name!r}"
-                )
+            # A nack (a full queue with overflow reject-publish, ...) may pass: retryable.
+            error = BrokerError(
+                f"rabbitmq refused (nacked) {nacked} message(s) for {request.queue_name!r}"
             )
+            error.accepted = self._accepted_prefix(request)
+            request.result.set_exception(error)
         else:
             request.result.set(end - first)
 
@@ -321,6 +390,7 @@ class Publisher:
         self._unconfirmed.clear()
         self._nacked.clear()
         self._returned.clear()
+        self._closed_by_broker = None
         impl = channel._impl  # see the module docstring: confirms counted here, in batches
         selected: list[bool] = []
 
@@ -333,6 +403,7 @@ class Publisher:
             callback=on_select_ok,
         )
         impl.add_on_return_callback(functools.partial(self._on_return, self._generation))
+        impl.add_on_close_callback(functools.partial(self._on_channel_closed, self._generation))
         deadline = time.monotonic() + self._settings.confirm_timeout_s
         while not selected and time.monotonic() < deadline:
             self._connection.process_data_events(time_limit=deadline - time.monotonic())
@@ -358,6 +429,15 @@ class Publisher:
         if generation == self._generation:
             self._returned.add(method.routing_key)
 
+    def _on_channel_closed(self, generation: int, _channel: Any, reason: Exception) -> None:
+        # Without this, a refused publish would only show as missing confirms, after
+        # confirm_timeout_s.
+        if generation == self._generation and isinstance(
+            reason, pika.exceptions.ChannelClosedByBroker
+        ):
+            self._closed_by_broker = reason
+            self._wake()
+
     def _wake(self) -> None:
         # pika's own advice for a callback on the connection's thread: call_later(0, ...) makes
         # the running process_data_events return as soon as this callback is done.
@@ -367,4 +447,5 @@ class Publisher:
     def _disconnect(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
         self._generation += 1
+        self._closed_by_broker = None
         close_quietly(connection)

@@ -70,14 +70,15 @@ import gevent
 from gevent.event import Event
 from gevent.queue import LifoQueue
 from redis import BlockingConnectionPool, ConnectionPool, Redis
+from redis.exceptions import AuthenticationError as RedisAuthenticationError
+from redis.exceptions import AuthenticationWrongNumberOfArgsError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from geboost.brokers import redis_scripts as lua
 from geboost.brokers.base import BrokerConfig, Delivery
 from geboost.brokers.redis_config import RedisSettings, RedisTarget, parse_target
-from geboost.errors import BrokerConnectionError, BrokerError
+from geboost.errors import BrokerAuthenticationError, BrokerConnectionError, BrokerError
 from geboost.log import queue_logger
 
 __all__ = ["RedisBroker", "RedisReceiver", "consumers_key", "held_key"]
@@ -104,6 +105,12 @@ def _translated(action: str, where: str) -> Iterator[None]:
     """redis-py's exceptions become ours here, and nowhere else."""
     try:
         yield
+    except (RedisAuthenticationError, AuthenticationWrongNumberOfArgsError) as exc:
+        # Before ConnectionError, its base class in redis-py: a refused password is not a
+        # network failure, and retrying at once cannot fix it.
+        raise BrokerAuthenticationError(
+            f"redis {where}: {action} failed: authentication refused: {exc}"
+        ) from exc
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         raise BrokerConnectionError(f"redis {where}: {action} failed: {exc}") from exc
     except RedisError as exc:

@@ -17,7 +17,7 @@ from geboost import (
     new_booster,
 )
 from geboost.brokers.base import get_broker_factory
-from geboost.message import decode_task
+from geboost.message import DeadLetter, decode_task, encode, make_task
 from tests.contract.conftest import BrokerSpec
 from tests.support import drain, wait_for
 
@@ -231,3 +231,50 @@ def test_dead_letters_listing_honours_limit_and_consumes_nothing(
     assert b.dead_letter_count() == 150
     assert b.requeue_dead_letters(limit=100) == 100
     assert b.dead_letter_count() == 50 and b.message_count() == 100
+
+
+def _takes_text(text: str) -> None:
+    del text
+
+
+def test_dead_letter_reads_and_requeue_take_every_letter_even_behind_a_large_one(
+    spec: BrokerSpec, queue_name: str, stop_after: list[Any]
+) -> None:
+    # A large letter takes a while to arrive, and the small ones behind it wait for it: an
+    # empty fetch meanwhile is not the end of the queue.
+    b = new_booster(_options(spec, queue_name, _takes_text))
+    stop_after.append(b)
+    letters = []
+    for i in range(41):
+        text = "L" * 30_000_000 if i == 20 else f"s{i}"
+        original = encode(make_task((text,), {})).decode()
+        letter = DeadLetter(
+            queue_name=queue_name, body=original, error="boom", attempts=1, failed_at=time.time()
+        )
+        letters.append(encode(letter))
+    b.broker.publish(b.dead_letter_queue_name, letters)
+    assert wait_for(lambda: b.dead_letter_count() == 41, 20)
+    reads = [len(b.dead_letters(limit=100)) for _ in range(5)]
+    assert reads == [41] * 5
+    assert b.requeue_dead_letters() == 41
+    assert b.dead_letter_count() == 0
+    assert wait_for(lambda: b.message_count() == 41, 20)
+
+
+def test_requeue_dead_letters_moves_every_valid_letter_past_invalid_ones(
+    spec: BrokerSpec, queue_name: str, stop_after: list[Any]
+) -> None:
+    b = new_booster(_options(spec, queue_name, _takes_text))
+    stop_after.append(b)
+    letters = []
+    for i in range(1200):  # more than one fetch of requeue_dead_letters (500)
+        original = "not a task" if i in (3, 700) else encode(make_task((f"s{i}",), {})).decode()
+        letter = DeadLetter(
+            queue_name=queue_name, body=original, error="boom", attempts=1, failed_at=time.time()
+        )
+        letters.append(encode(letter))
+    b.broker.publish(b.dead_letter_queue_name, letters)
+    assert wait_for(lambda: b.dead_letter_count() == 1200, 20)
+    assert b.requeue_dead_letters() == 1198
+    assert b.dead_letter_count() == 2  # the two that are not tasks stay
+    assert wait_for(lambda: b.message_count() == 1198, 20)

@@ -5,6 +5,7 @@ Every test uses its own queues and deletes them after; the server itself is neve
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,11 +15,24 @@ import gevent
 import pytest
 from loguru import logger
 
-from geboost import BrokerConfig, BrokerConnectionError, BrokerError, ConfigurationError
+from geboost import (
+    Booster,
+    BoostOptions,
+    BrokerAuthenticationError,
+    BrokerConfig,
+    BrokerConnectionError,
+    BrokerError,
+    BrokerKind,
+    ConfigurationError,
+    MessageRefusedError,
+    PublishError,
+    new_booster,
+)
 from geboost.brokers.base import get_broker_factory
 from geboost.brokers.rabbitmq import RabbitMQBroker
 from geboost.brokers.rabbitmq_config import RabbitSettings
-from tests.support import cleanup_queues, drain, free_port, port_open, skip_or_fail
+from geboost.message import DeadLetter, decode_task, encode, make_task
+from tests.support import cleanup_queues, drain, free_port, port_open, skip_or_fail, wait_for
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -122,9 +136,9 @@ def test_password_is_never_shown(rabbit: None) -> None:
         b = RabbitMQBroker(BrokerConfig(broker_url=url))
         r = b.open_receiver("never-created-" + uuid.uuid4().hex[:6])
         shown = [repr(b), repr(r), repr(b.settings), b.settings.masked_url]
-        with pytest.raises(BrokerConnectionError) as publish_error:
+        with pytest.raises(BrokerAuthenticationError) as publish_error:
             b.publish("never-created", [b"x"])  # wrong password: refused by the server
-        with pytest.raises(BrokerConnectionError) as fetch_error:
+        with pytest.raises(BrokerAuthenticationError) as fetch_error:
             r.fetch(1, 0.1)
         shown += [str(publish_error.value), str(fetch_error.value)]
         r.close()
@@ -425,3 +439,169 @@ def test_an_unused_publisher_connection_is_closed_then_reopened(
         assert b.count(qname) == 2
     finally:
         b.close()
+
+
+# ---------------------------------------------------------------- refusals through a booster
+def _booster(qname: str, *, url: str = URL, **kw: Any) -> Booster[..., Any]:
+    transport = kw.pop("transport", {})
+    return new_booster(
+        BoostOptions(
+            queue_name=qname,
+            consume_func=_takes_text,
+            broker_kind=BrokerKind.RABBITMQ,
+            broker_config=BrokerConfig(broker_url=url, broker_transport_options=transport),
+            handle_signals=False,
+            **kw,
+        )
+    )
+
+
+def _takes_text(text: str) -> None:
+    del text
+
+
+def test_a_message_the_server_refuses_fails_at_once_and_accepted_is_exact(qname: str) -> None:
+    # max_message_size=0 switches the client-side check off, so that the body reaches RabbitMQ
+    # (its default limit is 128 MiB), which closes the channel. The 20 items before it in its
+    # chunk are in the queue and counted; a retry of the rest must not send them again.
+    big = "x" * (134_217_728 + 1024)
+    items = [(f"item{i}",) for i in range(250)]
+    items[220] = (big,)
+    b = _booster(
+        qname,
+        transport={"max_message_size": 0, "confirm_timeout_s": 20},
+        push_retries=1,
+        push_retry_interval_s=1,
+    )
+    try:
+        with pytest.raises(PublishError) as caught:
+            b.push_many(items, chunk_size=100)
+        # Noticed from the channel's close, with its reason: not as a confirm missing after 20 s.
+        assert "406" in str(caught.value) and "item 220" in str(caught.value)
+        assert "did not confirm" not in str(caught.value)
+        assert isinstance(caught.value.__cause__, MessageRefusedError)
+        assert caught.value.accepted == 220
+        assert wait_count(b.broker, qname, 220)  # type: ignore[arg-type]
+        # The caller resumes after the refused item: nothing is in the queue twice.
+        b.push_many(items[221:], chunk_size=100)
+        assert wait_count(b.broker, qname, 249)  # type: ignore[arg-type]
+    finally:
+        b.stop(timeout_s=5)
+    reader = make()
+    r = reader.open_receiver(qname, window=300)
+    got = drain(r, 249)
+    r.ack(got)
+    r.close()
+    reader.close()
+    names = sorted(decode_task(d.body).args[0] for d in got)
+    assert names == sorted(f"item{i}" for i in range(250) if i != 220)
+
+
+def test_a_refusal_fails_only_the_push_that_sent_the_refused_message(qname: str) -> None:
+    # Pushes from other greenlets share the publisher's confirm batch (and so the channel that
+    # RabbitMQ closes): they succeed, at once or after a retry, each exactly once.
+    b = _booster(qname, transport={"max_message_size": 0}, push_retry_interval_s=0.1)
+    try:
+        big = gevent.spawn(b.push, "x" * (134_217_728 + 1024))
+        small = [gevent.spawn(b.push, f"small{i}") for i in range(20)]
+        gevent.joinall([big, *small], timeout=60)
+        assert isinstance(big.exception, PublishError)
+        assert isinstance(big.exception.__cause__, MessageRefusedError)
+        assert [g.exception for g in small] == [None] * 20
+        assert wait_count(b.broker, qname, 20)  # type: ignore[arg-type]
+    finally:
+        b.stop(timeout_s=5)
+
+
+def test_an_item_over_max_message_size_is_refused_before_its_chunk_is_sent(
+    qname: str, log_lines: list[str]
+) -> None:
+    b = _booster(qname, transport={"max_message_size": 1000}, push_retries=3)
+    items = [(f"i{i}",) for i in range(10)]
+    items[7] = ("y" * 2000,)
+    try:
+        with pytest.raises(PublishError) as caught:
+            b.push_many(items, chunk_size=5)
+        text = str(caught.value)
+        assert "item 7" in text and "max_message_size of 1000 bytes" in text
+        size = re.search(r"item 7 refused: a body of (\d+) bytes", text)
+        assert size is not None and 2000 < int(size.group(1)) < 2200  # its encoded envelope
+        assert caught.value.accepted == 5  # the first chunk; nothing of the second
+        assert b.message_count() == 5
+        assert not [line for line in log_lines if "retrying" in line]  # refused, not retried
+    finally:
+        b.stop(timeout_s=5)
+
+
+def test_a_retry_sends_only_what_was_not_confirmed(qname: str, log_lines: list[str]) -> None:
+    # A full queue (reject-publish) nacks the messages after its 5th: a retryable refusal.
+    # Once the first attempt failed, the queue is emptied; the retry must send items 5..7 only.
+    b = _booster(
+        qname,
+        transport={"queue_arguments": {"x-max-length": 5, "x-overflow": "reject-publish"}},
+        push_retries=1,
+        push_retry_interval_s=1,
+    )
+    try:
+        pushing = gevent.spawn(b.push_many, [(f"i{i}",) for i in range(8)])
+        assert wait_for(lambda: any("attempt 1/2" in line for line in log_lines), 10)
+        assert b.purge() == 5
+        pushing.get(timeout=30)
+        assert wait_count(b.broker, qname, 3)  # type: ignore[arg-type]
+        r = b.broker.open_receiver(qname)  # the same queue arguments
+        got = drain(r, 3)
+        r.ack(got)
+        r.close()
+        assert sorted(decode_task(d.body).args[0] for d in got) == ["i5", "i6", "i7"]
+    finally:
+        b.stop(timeout_s=5)
+
+
+def test_wrong_credentials_fail_a_push_at_once_naming_authentication(
+    qname: str, log_lines: list[str]
+) -> None:
+    b = _booster(qname, url="amqp://guest:wrong@127.0.0.1:5672/", push_retries=3)
+    try:
+        with pytest.raises(PublishError, match="authentication") as caught:
+            b.push("x")
+        assert isinstance(caught.value.__cause__, BrokerAuthenticationError)
+        assert not [line for line in log_lines if "retrying" in line]
+    finally:
+        b.stop(timeout_s=5)
+
+
+def test_a_consumer_with_wrong_credentials_keeps_trying(qname: str, log_lines: list[str]) -> None:
+    b = _booster(qname, url="amqp://guest:wrong@127.0.0.1:5672/", reconnect_interval_s=0.2)
+    try:
+        b.consume()
+
+        def refused() -> list[str]:
+            return [x for x in log_lines if "ERROR" in x and "authentication" in x]
+
+        assert wait_for(lambda: len(refused()) >= 3, 20)  # one error per attempt
+        assert not b.join(timeout_s=0)  # still running: it never gives up
+    finally:
+        b.stop(timeout_s=5)
+
+
+def test_dead_letter_reads_are_not_limited_by_a_configured_prefetch(qname: str) -> None:
+    b = _booster(qname, transport={"prefetch_count": 5})
+    try:
+        letters = [
+            encode(
+                DeadLetter(
+                    queue_name=qname,
+                    body=encode(make_task((f"s{i}",), {})).decode(),
+                    error="boom",
+                    attempts=1,
+                    failed_at=time.time(),
+                )
+            )
+            for i in range(12)
+        ]
+        b.broker.publish(b.dead_letter_queue_name, letters)
+        assert wait_for(lambda: b.dead_letter_count() == 12, 10)
+        assert len(b.dead_letters()) == 12
+        assert b.requeue_dead_letters() == 12
+    finally:
+        b.stop(timeout_s=5)

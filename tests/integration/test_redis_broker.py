@@ -21,6 +21,7 @@ from redis.connection import Connection, SSLConnection, UnixDomainSocketConnecti
 
 from geboost import (
     BoostOptions,
+    BrokerAuthenticationError,
     BrokerConfig,
     BrokerConnectionError,
     BrokerError,
@@ -225,7 +226,7 @@ def test_password_protected_server_and_unix_socket(tmpdir_path: str, queue_name:
             assert broker.count(queue_name) == 0
             broker.close()
         wrong = _broker(f"redis://:nope@127.0.0.1:{port}")
-        with pytest.raises(BrokerConnectionError):
+        with pytest.raises(BrokerAuthenticationError):  # refused, not a network failure
             wrong.count(queue_name)
         wrong.close()
     finally:
