@@ -68,7 +68,8 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
     handle_signals: bool = True
     """SIGTERM/SIGINT stop consuming boosters gracefully (main thread only)."""
     log_level: str = "INFO"
-    """Level of geboost's file sink."""
+    """geboost's records about this queue below this loguru level are not emitted (no handler
+    shows them: loguru's console, the application's, the log file)."""
     log_file: str = ""
     """Path of a rotating log file for geboost's records; empty = console only."""
     log_rotation: str = "100 MB"
