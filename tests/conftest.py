@@ -39,16 +39,8 @@ def stop_after() -> Iterator[list[Booster[..., object]]]:
 
 
 # The shared brokers must be left as the session found them (see tests/leaks.py).
-_leak_baseline = leaks.Leftovers()
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    global _leak_baseline
-    _leak_baseline = leaks.find()
-
-
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    left = leaks.find().minus(_leak_baseline)
+    left = leaks.find()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
 
     def say(text: str, **markup: bool) -> None:

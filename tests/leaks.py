@@ -2,8 +2,9 @@
 RabbitMQ queues (every vhost) whose names carry this session's tag (``SESSION_TAG``).
 
 Other developers run tests against the same servers at the same time, so a plain before/after
-comparison would blame their keys on us; names with this session's random tag can only be ours.
-A tagged name that exists at the start was not made by this session, and is not blamed on it.
+comparison would blame their keys on us; names with this session's random tag can only be ours,
+and the tag is new, so at the start of the session there are none: whatever carries it at the
+end was left by this session.
 """
 
 from __future__ import annotations
@@ -28,15 +29,6 @@ class Leftovers(msgspec.Struct):
 
     def names(self) -> set[tuple[str, str]]:
         return {(place, name) for place, names in self.found.items() for name in names}
-
-    def minus(self, before: Leftovers) -> Leftovers:
-        old = before.names()
-        found: dict[str, list[str]] = {}
-        for place, names in self.found.items():
-            new = [name for name in names if (place, name) not in old]
-            if new:
-                found[place] = new
-        return Leftovers(found, self.problems)
 
 
 def _redis_keys(tag: str, out: Leftovers) -> None:
