@@ -20,7 +20,7 @@ from geboost.errors import (
     MessageRefusedError,
     PublishError,
 )
-from geboost.log import add_file_sink, queue_logger
+from geboost.log import add_file_sink, queue_logger, set_queue_level
 from geboost.message import DeadLetter, decode_dead_letter, decode_task
 from geboost.options import BoostOptions
 
@@ -50,6 +50,7 @@ class Booster(Generic[P, R]):
         self._func = options.consume_func
         self._codec = CallCodec(options.consume_func, queue_name=options.queue_name)
         self._broker: Broker = get_broker_factory(options.broker_kind)(options.broker_config)
+        set_queue_level(options.queue_name, options.log_level)
         self._log = queue_logger(options.queue_name)
         self._engine: Engine | None = None
         add_file_sink(
@@ -60,6 +61,13 @@ class Booster(Generic[P, R]):
         )
         self.__wrapped__ = options.consume_func
         self.__doc__ = options.consume_func.__doc__
+        self._log.debug(
+            "booster built: {} on the {} broker, pool of {}, {} connection(s)",
+            getattr(self._func, "__qualname__", self._func),
+            str(options.broker_kind),
+            options.concurrent_num,
+            options.conn_num,
+        )
 
     def __repr__(self) -> str:
         return (

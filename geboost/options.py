@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import functools
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any, Generic, ParamSpec, TypeVar
@@ -66,7 +68,8 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
     handle_signals: bool = True
     """SIGTERM/SIGINT stop consuming boosters gracefully (main thread only)."""
     log_level: str = "INFO"
-    """Level of geboost's file sink."""
+    """geboost's records about this queue below this loguru level are not emitted (no handler
+    shows them: loguru's console, the application's, the log file)."""
     log_file: str = ""
     """Path of a rotating log file for geboost's records; empty = console only."""
     log_rotation: str = "100 MB"
@@ -89,6 +92,7 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
             )
         if not callable(self.consume_func):
             raise ConfigurationError(f"consume_func must be callable, got {self.consume_func!r}")
+        _refuse_async(self.consume_func)
         kind = self.broker_kind
         if not isinstance(kind, str) or not kind.strip():
             raise ConfigurationError(f"broker_kind must be a BrokerKind or str, got {kind!r}")
@@ -115,6 +119,29 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
     def replace(self, **changes: Any) -> BoostOptions[P, R]:
         """A copy with some fields changed (validated again)."""
         return msgspec.structs.replace(self, **changes)
+
+
+def _refuse_async(func: Callable[..., Any]) -> None:
+    """A coroutine function called from a greenlet only creates a coroutine that never runs, so
+    it is refused here rather than "succeeding" silently at every call."""
+    target: Any = func
+    while isinstance(target, functools.partial):
+        target = target.func
+    candidates = [target]
+    if not inspect.isroutine(target) and not inspect.isclass(target):
+        candidates.append(type(target).__call__)  # a callable object
+    for candidate in candidates:
+        if inspect.iscoroutinefunction(candidate) or inspect.isasyncgenfunction(candidate):
+            name = getattr(func, "__qualname__", None) or repr(func)
+            raise ConfigurationError(
+                f"consume_func {name} is asynchronous (async def): geboost runs each call in a "
+                "gevent greenlet, not in an asyncio event loop, so it would never run. Write it "
+                "as a plain def (gevent makes blocking I/O such as requests, redis-py, sockets "
+                "and time.sleep cooperative), or wrap the coroutine in a plain function that "
+                "runs it to completion in one of gevent's native threads (asyncio.run directly "
+                "in a greenlet fails once two calls overlap): def task(x): return "
+                "gevent.get_hub().threadpool.apply(asyncio.run, (coro_task(x),))"
+            )
 
 
 def _int_at_least(field: str, value: object, minimum: int) -> None:

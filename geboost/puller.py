@@ -28,9 +28,8 @@ from geboost.brokers.base import Delivery, Receiver
 from geboost.errors import BrokerError
 
 if TYPE_CHECKING:
-    from loguru import Logger
-
     from geboost.engine import Engine, Job
+    from geboost.log import QueueLogger
 
 __all__ = ["Puller"]
 
@@ -61,7 +60,7 @@ class Puller:
     def give_back(self, deliveries: list[Delivery]) -> None:
         self._to_requeue.extend(deliveries)
 
-    def log_for(self, job: Job) -> Logger:
+    def log_for(self, job: Job) -> QueueLogger:
         return self._log.bind(task_id=job.task_id or "-")
 
     # ----------------------------------------------------------------- the loop

@@ -4,14 +4,14 @@
 import geboost  # noqa: F401
 # isort: on
 
-import uuid
 from collections.abc import Iterator
 
 import pytest
 from loguru import logger
 
 from geboost import Booster
-from tests.support import cleanup_queues
+from tests import leaks
+from tests.support import cleanup_queues, unique_name
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def log_lines() -> Iterator[list[str]]:
 
 @pytest.fixture
 def queue_name() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}"
+    return unique_name("test")
 
 
 @pytest.fixture
@@ -36,3 +36,25 @@ def stop_after() -> Iterator[list[Booster[..., object]]]:
     for b in boosters:
         b.stop(timeout_s=5)
         cleanup_queues(b.broker, b.queue_name)
+
+
+# The shared brokers must be left as the session found them (see tests/leaks.py).
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    left = leaks.find()
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(text: str, **markup: bool) -> None:
+        if reporter is not None:
+            reporter.write_line(text, **markup)
+
+    if left.problems or left.found:
+        say("")
+    for problem in left.problems:
+        say(f"leak check incomplete: {problem}", yellow=True)
+    if left.found:
+        if reporter is not None:
+            reporter.write_sep("=", "keys or queues left on the shared brokers", red=True)
+        say(leaks.report(left), red=True, bold=True)
+        leaks.remove(left)
+        say("(removed them from the brokers; the session fails)", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

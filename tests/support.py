@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -16,6 +17,16 @@ from typing import Any
 import pytest
 
 IN_CI = bool(os.environ.get("CI"))
+
+SESSION_TAG = f"gbt{uuid.uuid4().hex[:6]}"
+"""In every queue name a test makes with ``unique_name``: at the end of the session,
+tests/conftest.py fails the run if keys or queues carrying it are left on the shared brokers
+(other developers' concurrent runs carry other tags, so they are never blamed)."""
+
+
+def unique_name(prefix: str) -> str:
+    """A queue name of this test session only: ``<prefix>-<session tag>-<random>``."""
+    return f"{prefix}-{SESSION_TAG}-{uuid.uuid4().hex[:8]}"
 
 
 def skip_or_fail(reason: str) -> None:
@@ -107,7 +118,9 @@ def start_redis_server(
 
 def cleanup_queues(broker: object, queue_name: str) -> None:
     """Empty a test's queue and its dead-letter queue; delete them where the broker can (a
-    shared RabbitMQ would otherwise collect one durable queue per test run)."""
+    shared RabbitMQ would otherwise collect one durable queue per test run). On Redis, also
+    delete geboost's bookkeeping keys of both (``geboost:<queue>:...``: held lists, the
+    consumers' lease ZSET), which outlive the lists they describe."""
     from geboost import GeboostError
 
     for name in (queue_name, queue_name + ".dlq"):
@@ -119,6 +132,24 @@ def cleanup_queues(broker: object, queue_name: str) -> None:
                 broker.purge(name)  # type: ignore[attr-defined]
         except GeboostError:
             pass
+    new_pool = getattr(broker, "new_connection_pool", None)
+    if new_pool is not None:  # the Redis broker
+        _delete_redis_bookkeeping(new_pool, queue_name)
+
+
+def _delete_redis_bookkeeping(new_pool: Any, queue_name: str) -> None:
+    import redis
+
+    client = redis.Redis(connection_pool=new_pool(1))
+    try:
+        for name in (queue_name, queue_name + ".dlq"):
+            keys = list(client.scan_iter(f"geboost:{name}:*", 1000))
+            if keys:
+                client.delete(*keys)
+    except redis.RedisError:
+        pass  # a server a test stopped: nothing shared to clean
+    finally:
+        client.close()
 
 
 def drain(receiver: Any, want: int, timeout_s: float = 5.0) -> list[Any]:
@@ -132,13 +163,11 @@ def drain(receiver: Any, want: int, timeout_s: float = 5.0) -> list[Any]:
 
 def memory_booster(func: Any, **options: Any) -> Any:
     """A booster on a memory namespace and queue of its own, signals left alone."""
-    import uuid
-
     from geboost import BoostOptions, BrokerConfig, new_booster
 
     return new_booster(
         BoostOptions(
-            queue_name=f"q-{uuid.uuid4().hex[:8]}",
+            queue_name=unique_name("q"),
             consume_func=func,
             broker_config=BrokerConfig(broker_url=uuid.uuid4().hex),
             handle_signals=False,

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any
 
+import gevent
 import pytest
 
 from geboost import (
@@ -10,8 +13,10 @@ from geboost import (
     BrokerKind,
     ConfigurationError,
     UnknownBrokerError,
+    boost,
     new_booster,
 )
+from tests.support import memory_booster, wait_for
 
 
 def add(x: int, y: int) -> int:
@@ -97,3 +102,59 @@ def test_password_never_shows_in_reprs(url: str) -> None:
     assert "s3cret" not in repr(config)
     assert "s3cret" not in repr(make(broker_config=config))
     assert "***" in repr(config)
+
+
+async def async_add(x: int, y: int) -> int:
+    return x + y
+
+
+async def async_numbers(n: int) -> Any:
+    for i in range(n):
+        yield i
+
+
+class AsyncCallable:
+    async def __call__(self, x: int) -> int:
+        return x
+
+
+@pytest.mark.parametrize(
+    "func",
+    [
+        async_add,
+        async_numbers,
+        AsyncCallable(),
+        functools.partial(async_add, 1),
+        functools.partial(functools.partial(AsyncCallable()), 1),
+    ],
+    ids=["async-def", "async-generator", "async-__call__", "partial", "partial-of-callable"],
+)
+def test_async_consume_functions_are_refused_with_how_to_wrap(func: Any) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        new_booster(make(consume_func=func))
+    message = str(info.value)
+    assert "gevent greenlet" in message
+    assert "asyncio.run" in message
+    with pytest.raises(ConfigurationError, match="gevent greenlet"):
+        boost("q-async")(func)
+
+
+def test_the_wrapping_the_error_suggests_runs_overlapping_coroutines() -> None:
+    ran: list[int] = []
+
+    async def record(x: int) -> None:
+        await asyncio.sleep(0.05)  # calls overlap: each needs an event loop of its own
+        ran.append(x)
+
+    def task(x: int) -> None:
+        return gevent.get_hub().threadpool.apply(asyncio.run, (record(x),))
+
+    b = memory_booster(task, max_retries=0)
+    b.push_many([(i,) for i in range(20)])
+    b.consume()
+    try:
+        assert wait_for(lambda: len(ran) + b.dead_letter_count() == 20, 10)
+    finally:
+        b.stop(timeout_s=2)
+    assert sorted(ran) == list(range(20))
+    assert b.dead_letter_count() == 0
