@@ -27,6 +27,7 @@ __all__ = [
     "encode",
     "make_task",
     "new_task_id",
+    "not_a_task",
 ]
 
 
@@ -52,6 +53,8 @@ class DeadLetter(msgspec.Struct, kw_only=True):
     attempts: int
     failed_at: float
     task_id: str = ""
+    traceback: str = ""
+    """The formatted traceback of the last attempt (capped), empty when nothing ran."""
 
 
 _encoder = msgspec.json.Encoder()
@@ -69,8 +72,12 @@ def encode(obj: TaskMessage | DeadLetter) -> bytes:
     """Encode an envelope; raises ``EncodeError`` when an argument has no JSON form."""
     try:
         return _encoder.encode(obj)
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-        raise EncodeError(f"cannot encode task arguments as JSON: {exc}") from exc
+    except Exception as exc:
+        # Not only TypeError: a circular or very deep value raises RecursionError, a lone
+        # surrogate UnicodeEncodeError. Whatever it is, the push fails with our error.
+        raise EncodeError(
+            f"cannot encode task arguments as JSON: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def make_task(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskMessage:
@@ -83,12 +90,30 @@ def decode_task(body: bytes) -> TaskMessage:
     """Decode a task body; raises ``DecodeError`` naming what is wrong."""
     try:
         return _task_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeError(f"not a geboost task message: {exc}") from exc
+    except Exception as exc:
+        raise not_a_task(exc) from exc
+
+
+def not_a_task(exc: Exception) -> DecodeError:
+    """The ``DecodeError`` for a body that is not a task envelope.
+
+    Any ``Exception`` counts, not only msgspec's: invalid UTF-8 inside a JSON string raises
+    ``UnicodeDecodeError`` and a deeply nested document ``RecursionError``, and a message that
+    escaped the decoder that way would never be acked nor dead-lettered.
+    """
+    return DecodeError(f"not a geboost task message: {_describe(exc)}")
 
 
 def decode_dead_letter(body: bytes) -> DeadLetter:
+    """Decode a dead letter; raises ``DecodeError`` for anything else (never another error)."""
     try:
         return _dead_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeError(f"not a geboost dead letter: {exc}") from exc
+    except Exception as exc:
+        raise DecodeError(f"not a geboost dead letter: {_describe(exc)}") from exc
+
+
+def _describe(exc: Exception) -> str:
+    """msgspec's own errors speak for themselves; others get their type name in front."""
+    if isinstance(exc, (msgspec.DecodeError, msgspec.ValidationError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
