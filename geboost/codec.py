@@ -128,15 +128,12 @@ class CallCodec:
         if self._plain_arity > 0 and any(p.typed for p in self._positional):
             # One decode converts every argument of the common call, f(a, b, c) pushed
             # positionally; any other shape takes the per-argument path.
+            # A TaskMessage whose args are the typed tuple: decoding it is the whole job.
             generic_tuple: Any = tuple
             fast = msgspec.defstruct(
-                "_FastTask",
-                [
-                    ("task_id", str),
-                    ("args", generic_tuple[tuple(p.hint for p in self._positional)]),
-                    ("kwargs", dict[str, Any], msgspec.field(default_factory=dict)),
-                    ("publish_time", float, 0.0),
-                ],
+                "_TypedTask",
+                [("args", generic_tuple[tuple(p.hint for p in self._positional)])],
+                bases=(TaskMessage,),
                 kw_only=True,
             )
             self._fast_decoder = msgspec.json.Decoder(fast)
@@ -166,7 +163,8 @@ class CallCodec:
             body = _encoder.encode(message)
         except Exception as exc:
             raise self._encode_error(args, kwargs, exc) from exc
-        if self._any_checked:
+        # Exact scalars (str, int, bool, None) arrive as they left whatever the parameter.
+        if self._any_checked and (kwargs or not _EXACT_SCALARS.issuperset(map(type, args))):
             for param, value in self._pairs(args, kwargs):
                 if param.checked:
                     self._check_round_trip(param, value)
@@ -253,9 +251,8 @@ class CallCodec:
                 pass  # another shape of call, or an error the per-argument path will name
             else:
                 if not got.kwargs:
-                    return TaskMessage(
-                        task_id=got.task_id, args=list(got.args), publish_time=got.publish_time
-                    )
+                    message: TaskMessage = got
+                    return message
         return self._decode_per_argument(body)
 
     def _decode_per_argument(self, body: bytes) -> TaskMessage:

@@ -32,7 +32,11 @@ __all__ = [
 
 
 class TaskMessage(msgspec.Struct, kw_only=True):
-    """One call of the consuming function."""
+    """One call of the consuming function.
+
+    A booster's codec may return a subclass whose ``args`` is a tuple of the converted
+    arguments (one decode for the whole call); use ``args`` as a sequence.
+    """
 
     task_id: str
     args: list[Any] = msgspec.field(default_factory=list)
