@@ -251,8 +251,7 @@ class CallCodec:
                 pass  # another shape of call, or an error the per-argument path will name
             else:
                 if not got.kwargs:
-                    message: TaskMessage = got
-                    return message
+                    return typing.cast(TaskMessage, got)
         return self._decode_per_argument(body)
 
     def _decode_per_argument(self, body: bytes) -> TaskMessage:
