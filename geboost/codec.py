@@ -115,7 +115,12 @@ class CallCodec:
         hints = _type_hints(func, signature)
         kind = inspect.Parameter
         for p in signature.parameters.values():
-            param = _Param(p.name, hints.get(p.name, inspect.Parameter.empty))
+            hint = hints.get(p.name, inspect.Parameter.empty)
+            if p.default is None and hint is not inspect.Parameter.empty:
+                # ``x: int = None`` means "an int or None" to its author (and to Python < 3.11's
+                # get_type_hints): None pushed explicitly must not be dead-lettered.
+                hint = typing.Optional[hint]  # noqa: UP045 (a runtime value, not an annotation)
+            param = _Param(p.name, hint)
             if p.kind is kind.VAR_POSITIONAL:
                 self._var_positional = param
             elif p.kind is kind.VAR_KEYWORD:

@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import functools
 import random
 import uuid
 from collections.abc import Callable, Iterator
@@ -410,3 +411,32 @@ def test_decode_task_and_dead_letter_decoding_raise_only_decode_error() -> None:
                 decode(body)
             except DecodeError:
                 pass
+
+
+class _Handler:
+    def __call__(self, day: dt.date, n: int = None) -> None:  # type: ignore[assignment]  # noqa: RUF013
+        pass
+
+
+def _with_unsupported(a: Callable[[int], int], b: dt.date) -> None:
+    pass
+
+
+def test_callable_objects_partials_and_implicit_optional_are_converted() -> None:
+    calls: list[tuple[Callable[..., None], tuple[Any, ...]]] = [
+        (_Handler(), (dt.date(2026, 5, 1), None)),
+        (functools.partial(_typed3, NOW), (decimal.Decimal("3.5"), [1])),
+    ]
+    for func, args in calls:
+        codec = CallCodec(func, queue_name="q")
+        message = codec.decode(codec.encode_call(args, {})[0])
+        assert tuple(message.args) == args
+        assert [type(a) for a in message.args] == [type(a) for a in args]
+
+
+def test_an_annotation_msgspec_cannot_convert_is_plain_json() -> None:
+    codec = CallCodec(_with_unsupported, queue_name="q")
+    with pytest.raises(EncodeError, match=r"argument 'a' = \(1, 2\) .*msgspec cannot convert"):
+        codec.encode_call(((1, 2), dt.date(2026, 1, 1)), {})
+    message = codec.decode(codec.encode_call(("a name", dt.date(2026, 1, 1)), {})[0])
+    assert tuple(message.args) == ("a name", dt.date(2026, 1, 1))
