@@ -131,9 +131,10 @@ class CallCodec:
                 if p.kind is not kind.POSITIONAL_ONLY:
                     self._keyword[p.name] = param
         if self._plain_arity > 0 and any(p.typed for p in self._positional):
-            # One decode converts every argument of the common call, f(a, b, c) pushed
-            # positionally; any other shape takes the per-argument path.
-            # A TaskMessage whose args are the typed tuple: decoding it is the whole job.
+            # The common call, f(a, b, c) pushed positionally, is converted by one decode into
+            # a TaskMessage whose args are the typed tuple; any other shape of call (keywords,
+            # defaults left out) or a misfit takes the per-argument path, which names the
+            # parameter in its error.
             generic_tuple: Any = tuple
             fast = msgspec.defstruct(
                 "_TypedTask",
