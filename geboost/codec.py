@@ -264,7 +264,7 @@ class CallCodec:
         try:
             raw = _raw_decoder.decode(body)
         except Exception as exc:
-            raise not_a_task(exc) from exc
+            raise not_a_task(exc, body) from exc
         message = TaskMessage(task_id=raw.task_id, publish_time=raw.publish_time)
         message.args = [self._convert(self._param_at(i), r, raw) for i, r in enumerate(raw.args)]
         message.kwargs = {

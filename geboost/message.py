@@ -95,17 +95,30 @@ def decode_task(body: bytes) -> TaskMessage:
     try:
         return _task_decoder.decode(body)
     except Exception as exc:
-        raise not_a_task(exc) from exc
+        raise not_a_task(exc, body) from exc
 
 
-def not_a_task(exc: Exception) -> DecodeError:
-    """The ``DecodeError`` for a body that is not a task envelope.
+class _TaskId(msgspec.Struct):
+    task_id: str = ""
+
+
+_task_id_decoder = msgspec.json.Decoder(_TaskId)
+
+
+def not_a_task(exc: Exception, body: bytes) -> DecodeError:
+    """The ``DecodeError`` for a body that is not a task envelope, with its ``task_id`` when
+    that much can be read (so that the dead letter and its log line name the task).
 
     Any ``Exception`` counts, not only msgspec's: invalid UTF-8 inside a JSON string raises
     ``UnicodeDecodeError`` and a deeply nested document ``RecursionError``, and a message that
     escaped the decoder that way would never be acked nor dead-lettered.
     """
-    return DecodeError(f"not a geboost task message: {_describe(exc)}")
+    error = DecodeError(f"not a geboost task message: {_describe(exc)}")
+    try:
+        error.task_id = _task_id_decoder.decode(body).task_id
+    except Exception:
+        pass  # not even that: the letter has no task id
+    return error
 
 
 def decode_dead_letter(body: bytes) -> DeadLetter:

@@ -440,3 +440,17 @@ def test_an_annotation_msgspec_cannot_convert_is_plain_json() -> None:
         codec.encode_call(((1, 2), dt.date(2026, 1, 1)), {})
     message = codec.decode(codec.encode_call(("a name", dt.date(2026, 1, 1)), {})[0])
     assert tuple(message.args) == ("a name", dt.date(2026, 1, 1))
+
+
+@pytest.mark.parametrize("func", [_typed3, _plain])
+def test_a_broken_envelope_still_names_its_task_id_when_it_can(func: Callable[..., Any]) -> None:
+    codec = CallCodec(func, queue_name="q")
+    for body, task_id in [
+        (b'{"task_id":"t7","args":{}}', "t7"),
+        (b'{"task_id":"t8","publish_time":"noon"}', "t8"),
+        (b'{"task_id":7}', ""),
+        (b"\xff", ""),
+    ]:
+        with pytest.raises(DecodeError, match="not a geboost task message") as caught:
+            codec.decode(body)
+        assert caught.value.task_id == task_id
