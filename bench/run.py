@@ -261,6 +261,7 @@ class Bench:
         self.rows: list[Row] = []
         self.queues: list[str] = []
         self.pool: dict[str, dict[str, Any]] = {}  # bare-Pool ceilings, by scenario key
+        self.noop_rate: dict[str, float | None] = {}  # consume-noop, what consume-typed is to
 
     def queue(self, broker: str, name: str) -> str:
         queue = f"{self.run_id}-{broker}-{name}"
@@ -388,6 +389,7 @@ class Bench:
         )
         measure = f"consume-noop: {s.noop_n:,} @{s.noop_concurrent}, acks"
         row = self.rate_row(broker, measure, result, "rate_per_s")
+        self.noop_rate[broker] = row.value
         ratio = self.ratio(row, {**ceiling, **self.pool}.get(CEILING_OF[(broker, "consume")]))
         if row.value is not None:
             if broker == "memory":
@@ -398,6 +400,22 @@ class Bench:
             else:
                 row.target = ">= 5,000/s, >= 0.80 of pika"
                 row.verdict = verdict(row.value >= 5_000 and ratio is not None and ratio >= 0.8)
+        self.add(row)
+
+    def consume_typed(self, broker: str) -> None:
+        """consume-noop again, each call taking a datetime, a Decimal and a list[int] that the
+        consumer converts from JSON (issue 9): the cost of typed arguments."""
+        s = self.sizes
+        result = self.consume(
+            broker, "typed", 1.0, task="typed", n=s.noop_n, concurrent=s.noop_concurrent
+        )
+        measure = f"consume-typed: {s.noop_n:,} @{s.noop_concurrent}, datetime+Decimal+list"
+        row = self.rate_row(broker, measure, result, "rate_per_s")
+        noop = self.noop_rate.get(broker)
+        if row.value is not None and noop:
+            ratio = row.value / noop
+            row.vs_ceiling = f"{ratio:.2f}"
+            row.target, row.verdict = ">= 0.80 of consume-noop", verdict(ratio >= 0.8)
         self.add(row)
 
     def ratio(self, row: Row, ceiling: dict[str, Any] | None) -> float | None:
@@ -492,6 +510,11 @@ class Bench:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("publish", lambda: self.publish(broker, ceiling)),
             ("consume-noop", lambda: self.consume_noop(broker, ceiling)),
+            *(
+                [("consume-typed", lambda: self.consume_typed(broker))]
+                if broker == "memory"
+                else []
+            ),
             *[(fan.label, partial(self.fanout, broker, fan)) for fan in fanouts(self.sizes)],
             ("qps", lambda: self.qps(broker)),
         ]

@@ -3,9 +3,10 @@
     python bench/worker.py '<json spec>'
 
 Started by ``bench/run.py``, one process per measurement. It prints one line
-``RESULT {...}`` on stdout (geboost's log lines go to stderr). Every task is ``task(i)`` for
-``i`` in ``range(n)``; the process records which ``i`` ran, so the caller can check that exactly
-the expected set executed, none failed and none was lost.
+``RESULT {...}`` on stdout (geboost's log lines go to stderr). Every task is ``task(i)`` (the
+typed task: ``task(i, datetime, Decimal, list[int])``) for ``i`` in ``range(n)``; the process
+records which ``i`` ran, so the caller can check that exactly the expected set executed, none
+failed and none was lost.
 
 Modes (``spec["mode"]``):
 - ``publish``: ``n`` single ``push(i)`` calls, the queue purged, then ``push_many`` of the same
@@ -24,6 +25,7 @@ from __future__ import annotations
 import geboost  # noqa: F401  (first: patches the standard library, as a worker would)
 # isort: on
 
+import datetime as dt
 import json
 import os
 import resource
@@ -31,6 +33,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from typing import Any
 
 import gevent
@@ -86,8 +89,20 @@ class Tally:
         }
 
 
-def make_task(spec: dict[str, Any], tally: Tally) -> Callable[[int], None]:
-    """The consuming function for ``spec["task"]``: noop, sleep or http."""
+WHEN = dt.datetime(2026, 11, 28, 12, 30, 15, 250000, tzinfo=dt.timezone.utc)
+PRICE = Decimal("19.990")
+
+
+def call_args(spec: dict[str, Any], i: int) -> tuple[Any, ...]:
+    """The pushed arguments of task ``i``: ``(i,)``, or for the typed task
+    ``(i, a datetime, a Decimal, a list[int])``."""
+    if spec["task"] == "typed":
+        return (i, WHEN, PRICE, [i, i + 1, i + 2])
+    return (i,)
+
+
+def make_task(spec: dict[str, Any], tally: Tally) -> Callable[..., None]:
+    """The consuming function for ``spec["task"]``: noop, typed, sleep or http."""
     kind = spec["task"]
     if kind == "noop":
 
@@ -96,6 +111,16 @@ def make_task(spec: dict[str, Any], tally: Tally) -> Callable[[int], None]:
             tally.done(i)
 
         return noop
+    if kind == "typed":
+
+        def typed(i: int, when: dt.datetime, price: Decimal, ids: list[int]) -> None:
+            tally.start()
+            # A wrong value fails the call, so the run says FAILED.
+            if type(when) is not dt.datetime or type(price) is not Decimal or ids[0] != i:
+                raise TypeError(f"task {i} arrived as {when!r}, {price!r}, {ids!r}")
+            tally.done(i)
+
+        return typed
     if kind == "sleep":
         sleep_s = float(spec["sleep_s"])
 
@@ -193,7 +218,7 @@ class CountingBroker:
 
 
 # --------------------------------------------------------------------- measurements
-def options(spec: dict[str, Any], func: Callable[[int], None], kind: str) -> BoostOptions[Any, Any]:
+def options(spec: dict[str, Any], func: Callable[..., None], kind: str) -> BoostOptions[Any, Any]:
     transport: dict[str, Any] = {}
     if spec["broker"] == "rabbitmq" and spec.get("prefetch"):
         transport["prefetch_count"] = spec["prefetch"]  # else geboost's default window
@@ -243,7 +268,7 @@ def run_fill(spec: dict[str, Any]) -> dict[str, Any]:
     booster: Booster[Any, Any] = new_booster(
         options(spec, make_task(spec, Tally(n)), spec["broker"])
     )
-    booster.push_many([(i,) for i in range(n)])
+    booster.push_many([call_args(spec, i) for i in range(n)])
     queued = booster.message_count()
     booster.stop()
     return {"ok": queued == n, "queued": queued}
@@ -258,7 +283,7 @@ def run_consume(spec: dict[str, Any]) -> dict[str, Any]:
     register_broker(kind, lambda config: CountingBroker(real_factory(config), counter))
     booster: Booster[Any, Any] = new_booster(options(spec, make_task(spec, tally), kind))
     if spec.get("prefill"):
-        booster.push_many([(i,) for i in range(n)])
+        booster.push_many([call_args(spec, i) for i in range(n)])
     connections = 0
     booster.consume()
     try:
@@ -293,7 +318,7 @@ def run_pool(spec: dict[str, Any]) -> dict[str, Any]:
     task = make_task(spec, tally)
     pool = Pool(spec["concurrent"])
     for i in range(n):
-        pool.spawn(task, i)
+        pool.spawn(task, *call_args(spec, i))
     pool.join()
     elapsed_s = tally.last_end - tally.first_start
     return {

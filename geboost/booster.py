@@ -16,7 +16,9 @@ from geboost.engine import Engine
 from geboost.errors import (
     BrokerAuthenticationError,
     BrokerError,
+    ConfigurationError,
     DecodeError,
+    EncodeError,
     MessageRefusedError,
     PublishError,
 )
@@ -48,7 +50,9 @@ class Booster(Generic[P, R]):
         _patch.ensure_patched()
         self.options = options
         self._func = options.consume_func
-        self._codec = CallCodec(options.consume_func, queue_name=options.queue_name)
+        self._codec = CallCodec(
+            options.consume_func, queue_name=options.queue_name, strict_args=options.strict_args
+        )
         self._broker: Broker = get_broker_factory(options.broker_kind)(options.broker_config)
         set_queue_level(options.queue_name, options.log_level)
         self._log = queue_logger(options.queue_name)
@@ -95,9 +99,10 @@ class Booster(Generic[P, R]):
     def push(self, *args: P.args, **kwargs: P.kwargs) -> PushResult:
         """Send one call of the function to the queue.
 
-        The arguments are checked against the function's signature first: a call that does
-        not fit raises ``TypeError`` and sends nothing; arguments with no JSON form raise
-        ``EncodeError``. A push the broker does not accept is retried ``push_retries`` times,
+        The arguments are checked against the function's signature first and encoded; a call
+        that does not fit, an argument with no JSON form, or (``strict_args``) one that would
+        not arrive equal raises ``EncodeError`` (also a ``TypeError``) and sends nothing.
+        A push the broker does not accept is retried ``push_retries`` times,
         ``push_retry_interval_s`` apart; then ``PublishError`` is raised.
         """
         body, task_id = self._codec.encode_call(args, kwargs)
@@ -116,7 +121,7 @@ class Booster(Generic[P, R]):
         and the others are not.
         """
         if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+            raise ConfigurationError(f"chunk_size must be >= 1, got {chunk_size!r}")
         bodies: list[bytes] = []
         results: list[PushResult] = []
         for item in calls:
@@ -125,7 +130,7 @@ class Booster(Generic[P, R]):
             elif isinstance(item, (list, tuple)):
                 body, task_id = self._codec.encode_call(tuple(item), {})
             else:
-                raise TypeError(
+                raise EncodeError(
                     "push_many items must be a tuple/list of positional arguments or a dict "
                     f"of keyword arguments, got {item!r}"
                 )

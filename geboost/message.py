@@ -27,11 +27,16 @@ __all__ = [
     "encode",
     "make_task",
     "new_task_id",
+    "not_a_task",
 ]
 
 
 class TaskMessage(msgspec.Struct, kw_only=True):
-    """One call of the consuming function."""
+    """One call of the consuming function.
+
+    A booster's codec may return a subclass whose ``args`` is a tuple of the converted
+    arguments (one decode for the whole call); use ``args`` as a sequence.
+    """
 
     task_id: str
     args: list[Any] = msgspec.field(default_factory=list)
@@ -71,8 +76,12 @@ def encode(obj: TaskMessage | DeadLetter) -> bytes:
     """Encode an envelope; raises ``EncodeError`` when an argument has no JSON form."""
     try:
         return _encoder.encode(obj)
-    except (TypeError, msgspec.EncodeError, OverflowError) as exc:
-        raise EncodeError(f"cannot encode task arguments as JSON: {exc}") from exc
+    except Exception as exc:
+        # Not only TypeError: a circular or very deep value raises RecursionError, a lone
+        # surrogate UnicodeEncodeError. Whatever it is, the push fails with our error.
+        raise EncodeError(
+            f"cannot encode task arguments as JSON: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def make_task(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskMessage:
@@ -85,12 +94,43 @@ def decode_task(body: bytes) -> TaskMessage:
     """Decode a task body; raises ``DecodeError`` naming what is wrong."""
     try:
         return _task_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeError(f"not a geboost task message: {exc}") from exc
+    except Exception as exc:
+        raise not_a_task(exc, body) from exc
+
+
+class _TaskId(msgspec.Struct):
+    task_id: str = ""
+
+
+_task_id_decoder = msgspec.json.Decoder(_TaskId)
+
+
+def not_a_task(exc: Exception, body: bytes) -> DecodeError:
+    """The ``DecodeError`` for a body that is not a task envelope, with its ``task_id`` when
+    that much can be read (so that the dead letter and its log line name the task).
+
+    Any ``Exception`` counts, not only msgspec's: invalid UTF-8 inside a JSON string raises
+    ``UnicodeDecodeError`` and a deeply nested document ``RecursionError``, and a message that
+    escaped the decoder that way would never be acked nor dead-lettered.
+    """
+    error = DecodeError(f"not a geboost task message: {_describe(exc)}")
+    try:
+        error.task_id = _task_id_decoder.decode(body).task_id
+    except Exception:
+        pass  # not even that: the letter has no task id
+    return error
 
 
 def decode_dead_letter(body: bytes) -> DeadLetter:
+    """Decode a dead letter; raises ``DecodeError`` for anything else (never another error)."""
     try:
         return _dead_decoder.decode(body)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise DecodeError(f"not a geboost dead letter: {exc}") from exc
+    except Exception as exc:
+        raise DecodeError(f"not a geboost dead letter: {_describe(exc)}") from exc
+
+
+def _describe(exc: Exception) -> str:
+    """msgspec's own errors speak for themselves; others get their type name in front."""
+    if isinstance(exc, (msgspec.DecodeError, msgspec.ValidationError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

@@ -65,6 +65,10 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
     """Most messages one puller takes per round trip (also capped by free pool slots)."""
     poll_timeout_s: float = 1.0
     """Longest a puller blocks in one fetch; bounds how long stop() and idle acks wait."""
+    strict_args: bool = True
+    """A push whose argument would not arrive equal (NaN, bytes, a set, a datetime ... into a
+    parameter without annotation) raises ``EncodeError``; False sends the lossy JSON form and
+    warns once per parameter."""
     handle_signals: bool = True
     """SIGTERM/SIGINT stop consuming boosters gracefully (main thread only)."""
     log_level: str = "INFO"
@@ -80,6 +84,8 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         self._check_identity()
         self._check_numbers()
+        if not isinstance(self.strict_args, bool):
+            raise ConfigurationError(f"strict_args must be a bool, got {self.strict_args!r}")
         if not isinstance(self.broker_config, BrokerConfig):
             raise ConfigurationError(
                 f"broker_config must be a BrokerConfig, got {self.broker_config!r}"
