@@ -31,7 +31,7 @@ from geboost.errors import (  # noqa: E402
     UnknownBrokerError,
 )
 from geboost.message import DeadLetter, TaskMessage  # noqa: E402
-from geboost.options import BoostOptions, BrokerKind  # noqa: E402
+from geboost.options import BoostOptions, BrokerKind, PushOptions  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ __all__ = [
     "GeboostError",
     "MessageRefusedError",
     "PublishError",
+    "PushOptions",
     "PushResult",
     "Receiver",
     "TaskMessage",

@@ -24,7 +24,7 @@ from geboost.errors import (
 )
 from geboost.log import add_file_sink, queue_logger, set_queue_level
 from geboost.message import DeadLetter, decode_dead_letter, decode_task
-from geboost.options import BoostOptions
+from geboost.options import BoostOptions, PushOptions
 
 __all__ = ["Booster", "PushResult", "boost", "new_booster"]
 
@@ -106,6 +106,14 @@ class Booster(Generic[P, R]):
         ``push_retry_interval_s`` apart; then ``PublishError`` is raised.
         """
         body, task_id = self._codec.encode_call(args, kwargs)
+        self._publish([body])
+        return PushResult(task_id)
+
+    def push_with(self, opts: PushOptions, *args: P.args, **kwargs: P.kwargs) -> PushResult:
+        """``push`` with per-task options (``PushOptions``): its task id, and so on."""
+        if not isinstance(opts, PushOptions):
+            raise ConfigurationError(f"push_with takes a PushOptions first, got {opts!r}")
+        body, task_id = self._codec.encode_call(args, kwargs, task_id=opts.task_id)
         self._publish([body])
         return PushResult(task_id)
 

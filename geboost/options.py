@@ -7,6 +7,7 @@ import functools
 import inspect
 import math
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import msgspec
@@ -14,7 +15,7 @@ import msgspec
 from geboost.brokers.base import BrokerConfig, is_registered
 from geboost.errors import ConfigurationError, UnknownBrokerError
 
-__all__ = ["BoostOptions", "BrokerConfig", "BrokerKind"]
+__all__ = ["BoostOptions", "BrokerConfig", "BrokerKind", "PushOptions"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -80,6 +81,20 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
     """When the log file rotates: a size ("100 MB") or a time ("00:00", "1 day")."""
     log_retention: str | int = "10 days"
     """How long rotated files are kept ("10 days"), or how many (an int, e.g. 5)."""
+    state_url: str = ""
+    """Where shared state lives (results, pause flags, dedupe, fleet rate limits, schedules):
+    a Redis URL. Empty: the broker's own Redis for REDIS, in-process for MEMORY; a RABBITMQ
+    booster that needs shared state must set it."""
+    result_ttl_s: float = 0.0
+    """How long each task's outcome is kept for ``AsyncResult.get``; 0 = results not stored."""
+    dedupe_ttl_s: float = 0.0
+    """A call identical to one that succeeded this recently is not sent again; 0 = off."""
+    msg_expire_s: float = 0.0
+    """A task pulled this long after it was published (or became due) is not run but
+    dead-lettered as expired; 0 = never expires."""
+    qps_scope: str = "process"
+    """``"process"``: ``qps_limit`` paces this booster; ``"queue"``: the whole fleet consuming
+    the queue (every process sharing the state store)."""
 
     def __post_init__(self) -> None:
         self._check_identity()
@@ -121,10 +136,60 @@ class BoostOptions(msgspec.Struct, Generic[P, R], frozen=True, kw_only=True):
         _number_at_least("reconnect_interval_s", self.reconnect_interval_s, 0.0)
         _number_at_least("push_retry_interval_s", self.push_retry_interval_s, 0.0)
         _number_at_least("poll_timeout_s", self.poll_timeout_s, 0.001)
+        _number_at_least("result_ttl_s", self.result_ttl_s, 0.0)
+        _number_at_least("dedupe_ttl_s", self.dedupe_ttl_s, 0.0)
+        _number_at_least("msg_expire_s", self.msg_expire_s, 0.0)
+        if self.qps_scope not in ("process", "queue"):
+            raise ConfigurationError(
+                f"qps_scope must be 'process' or 'queue', got {self.qps_scope!r}"
+            )
+        if not isinstance(self.state_url, str):
+            raise ConfigurationError(f"state_url must be a str, got {self.state_url!r}")
 
     def replace(self, **changes: Any) -> BoostOptions[P, R]:
         """A copy with some fields changed (validated again)."""
         return msgspec.structs.replace(self, **changes)
+
+
+class PushOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Options of one push (``Booster.push_with``). Invalid values raise ``ConfigurationError``.
+
+    ``countdown_s`` and ``eta`` delay the task (not both); ``expire_s`` overrides the booster's
+    ``msg_expire_s`` for this task; ``priority`` 0..9, higher first.
+    """
+
+    task_id: str = ""
+    """The task's id (an idempotency key, say); empty = a random one."""
+    countdown_s: float = 0.0
+    """Run no sooner than this many seconds from now."""
+    eta: datetime | None = None
+    """Run no sooner than this time (a timezone-aware datetime)."""
+    expire_s: float = 0.0
+    """Not run if pulled this long after it was due; 0 = the booster's ``msg_expire_s``."""
+    priority: int = 0
+    """0..9, higher first."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task_id, str):
+            raise ConfigurationError(f"task_id must be a str, got {self.task_id!r}")
+        _number_at_least("countdown_s", self.countdown_s, 0.0)
+        _number_at_least("expire_s", self.expire_s, 0.0)
+        if self.eta is not None:
+            if not isinstance(self.eta, datetime):
+                raise ConfigurationError(f"eta must be a datetime, got {self.eta!r}")
+            if self.eta.tzinfo is None or self.eta.utcoffset() is None:
+                raise ConfigurationError(
+                    "eta must be timezone-aware (e.g. datetime.now(timezone.utc)), "
+                    f"got {self.eta!r}"
+                )
+            if self.countdown_s:
+                raise ConfigurationError("set countdown_s or eta, not both")
+        if (
+            not isinstance(self.priority, int)
+            or isinstance(self.priority, bool)
+            or not 0 <= self.priority <= 9
+        ):
+            raise ConfigurationError(f"priority must be an int from 0 to 9, got {self.priority!r}")
 
 
 def _refuse_async(func: Callable[..., Any]) -> None:
