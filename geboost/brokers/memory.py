@@ -13,9 +13,11 @@ import time
 from collections import deque
 from collections.abc import Sequence
 
+import msgspec
 from gevent.event import Event
 
-from geboost.brokers.base import BrokerConfig, Delivery, check_transport_options
+from geboost.brokers.base import BrokerConfig, Delivery
+from geboost.errors import ConfigurationError
 
 __all__ = ["MemoryBroker"]
 
@@ -27,6 +29,10 @@ class _Queue:
         self.waiting: deque[bytes] = deque()
         self.held: dict[int, bytes] = {}
         self.not_empty = Event()
+
+
+class _NoOptions(msgspec.Struct, forbid_unknown_fields=True):
+    """The memory broker's transport options: none."""
 
 
 _namespaces: dict[str, dict[str, _Queue]] = {}
@@ -45,7 +51,14 @@ class MemoryBroker:
     """``BrokerKind.MEMORY``. Takes no transport options."""
 
     def __init__(self, config: BrokerConfig) -> None:
-        check_transport_options("memory", config.broker_transport_options, {})
+        try:
+            msgspec.convert(dict(config.broker_transport_options), _NoOptions)
+        except msgspec.ValidationError as exc:
+            # The only way to fail is a key: every key is unknown here.
+            raise ConfigurationError(
+                f"the memory broker takes no transport options, got "
+                f"{sorted(map(str, config.broker_transport_options))}"
+            ) from exc
         self._namespace = config.broker_url
 
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:

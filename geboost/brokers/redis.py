@@ -6,7 +6,12 @@ Data layout, for a queue named ``Q`` (the dead-letter queue ``Q.dlq`` is a queue
 - ``Q`` -- a LIST of waiting message bodies. Producers ``LPUSH``; consumers take from the right,
   so order is FIFO. Any program that can ``LPUSH`` a JSON task to ``Q`` is a producer.
 - ``geboost:Q:held:<consumer id>`` -- a LIST per receiver of the messages it holds.
-- ``geboost:Q:consumers`` -- a ZSET: consumer id -> time of its last heartbeat (server ms).
+- ``geboost:Q:leases`` -- a ZSET: consumer id -> when its lease EXPIRES (server ms).
+- ``geboost:Q:promises`` -- a ZSET: consumer id -> by when it promised to touch ``Q`` again.
+- ``geboost:Q:touched`` -- the server time of the last touch (take, heartbeat or recovery).
+
+(``geboost:Q:consumers``, where earlier versions kept each consumer's last beat, is only read
+to give back what a consumer silent there for ``forget`` time (>= 600 s) still held.)
 
 Delivery. Taking a message and recording who holds it is one atomic server step: ``LMOVE``
 (a Lua script moving up to N at once) or ``BLMOVE`` from ``Q`` into the receiver's held list.
@@ -17,17 +22,33 @@ messages from the held list (one script call for a whole batch: ``LREM`` each), 
 wait (the first ``BLMOVE`` blocks only when ``Q`` is empty, and for less than the socket
 timeout), so round trips per message are about ``2 / batch size``.
 
-Leases. Each broker runs one small heartbeat greenlet that, every ``heartbeat_interval_s``,
-stamps the ids of all its open receivers in the consumers ZSET (takes stamp it too). The same
-greenlet, every ``recovery_interval_s`` and for each queue it consumes, runs one atomic script
-that moves back to ``Q`` everything held by consumers silent for more than
-``lease_timeout_s``. So a SIGKILLed or unplugged worker's messages are running again within
-``lease_timeout_s + recovery_interval_s`` (40 s by default) as long as any consumer of ``Q`` is
-alive, and at once when the next one starts after that. A call on a live worker keeps its lease
-however long it runs: beats come from the process, not from the call. Times are read from the
-Redis server's clock, so workers' clocks need not agree. A process whose event loop is blocked
-(CPU-bound code that never yields) for longer than the lease looks dead: its messages may run
-twice, never zero times.
+Leases. Each lease carries its own length: its owner writes ``server now + lease_timeout_s``
+on every take and on every heartbeat (one small greenlet per broker renews all its open
+receivers every ``heartbeat_interval_s``). The same greenlet, every ``recovery_interval_s`` and
+for each queue it consumes, runs one atomic script that moves back to ``Q`` what consumers whose
+lease expired by the server clock hold. Workers with different lease settings therefore judge
+each other by the owner's settings, never their own, and workers' clocks need not agree.
+
+Outages do not count against leases. Every take and heartbeat also records a promise: the
+owner will touch ``Q`` again within 2 heartbeat intervals. Each script that touches ``Q``
+first runs the lease clock (``redis_clock.lua``): if a promise that was still good at the last
+touch is broken now, nobody reached ``Q`` for longer than its owner's tolerance -- Redis was
+down or unreachable, or every worker stalled -- and every lease is pushed forward by the whole
+silence since that touch. A lease thus keeps after an outage of any length what it had left
+before it (at least ``lease_timeout_s - heartbeat_interval_s``), and the live worker renews
+within half an interval of reaching Redis again. A silence shorter than a promise counts, which
+is why ``lease_timeout_s`` must be at least 3 heartbeat intervals. Promises are never pushed, so
+a dead consumer's broken promise pushes leases once, by at most the gap between two touches of
+the live ones.
+
+What that gives: a call on a live worker keeps its lease however long it runs and however
+long Redis is away (beats come from the process, not from the call). A SIGKILLed or unplugged
+worker's messages are running again within ``lease_timeout_s + recovery_interval_s`` (40 s by
+default, plus one beat of a live worker) as long as any consumer of ``Q`` is alive; when none is,
+time with no worker at all looks like an outage, so they come back within ``lease_timeout_s``
+after the next consumer starts. They may run twice, never zero times, when the worker was
+alive after all: cut off from Redis while others were not, or with its event loop blocked (CPU-
+bound code that never yields) for longer than its lease while others kept the queue touched.
 
 Connections: one per receiver (``conn_num`` per booster) plus one shared pool of at most
 ``pool_max_connections`` for publishing, counts and heartbeats, whose waiting is
@@ -47,7 +68,7 @@ Transport options (``BrokerConfig.broker_transport_options``):
 | ``pool_max_connections`` | int | 4 | size of the shared pool (publish, counts, heartbeats) |
 | ``pool_timeout_s`` | float | 10 | longest a greenlet waits for a free pool connection |
 | ``heartbeat_interval_s`` | float | 5 | how often a live broker renews its consumers' leases |
-| ``lease_timeout_s`` | float | 30 | silence after which a consumer counts as dead (>= 2 beats) |
+| ``lease_timeout_s`` | float | 30 | silence after which a consumer counts as dead (>= 3 beats) |
 | ``recovery_interval_s`` | float | 10 | how often each live consumer process looks for dead ones |
 | ``publish_chunk_size`` | int | 10000 | bodies per ``LPUSH``; larger batches go in one MULTI |
 | ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` | str | "" | TLS files (rediss:// only) |
@@ -75,21 +96,39 @@ from redis.exceptions import AuthenticationWrongNumberOfArgsError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from geboost.brokers import redis_scripts as lua
 from geboost.brokers.base import BrokerConfig, Delivery
 from geboost.brokers.redis_config import RedisSettings, RedisTarget, parse_target
+from geboost.brokers.redis_scripts import RedisScripts
 from geboost.errors import BrokerAuthenticationError, BrokerConnectionError, BrokerError
 from geboost.log import queue_logger
 
-__all__ = ["RedisBroker", "RedisReceiver", "consumers_key", "held_key"]
+__all__ = ["RedisBroker", "RedisReceiver", "held_key", "leases_key"]
 
 _SCRIPT_CHUNK = 1000  # bodies per script call when acking or requeueing a huge batch
 _SHORT_WAIT_S = 0.2  # waits shorter than this poll instead of blocking in BLMOVE
 _FORGET_AFTER_MIN_S = 600.0  # dead consumers' ids are swept for at least this long
 
 
-def consumers_key(queue_name: str) -> str:
+def leases_key(queue_name: str) -> str:
+    return f"geboost:{queue_name}:leases"
+
+
+def promises_key(queue_name: str) -> str:
+    return f"geboost:{queue_name}:promises"
+
+
+def clock_key(queue_name: str) -> str:
+    return f"geboost:{queue_name}:touched"
+
+
+def legacy_consumers_key(queue_name: str) -> str:
+    """Where geboost kept last-beat times before leases carried their own expiry."""
     return f"geboost:{queue_name}:consumers"
+
+
+def lease_keys(queue_name: str) -> list[str]:
+    """The keys the lease clock (``redis_clock.lua``) works on, in its order."""
+    return [leases_key(queue_name), promises_key(queue_name), clock_key(queue_name)]
 
 
 def held_prefix(queue_name: str) -> str:
@@ -126,6 +165,7 @@ class RedisBroker:
         self.target: RedisTarget = parse_target(config.broker_url, self.settings, options)
         self._pool: BlockingConnectionPool | None = None
         self._client: Redis | None = None
+        self._scripts: RedisScripts | None = None
         self._live: dict[str, RedisReceiver] = {}  # consumer id -> open receiver
         self._beater: gevent.Greenlet[Any, None] | None = None
         self._beater_stop = Event()
@@ -153,7 +193,14 @@ class RedisBroker:
                 **self.target.connection_kwargs,
             )
             self._client = Redis(connection_pool=self._pool)
+            self._scripts = RedisScripts(self._client)
         return self._client
+
+    @property
+    def scripts(self) -> RedisScripts:
+        self._shared()
+        assert self._scripts is not None
+        return self._scripts
 
     @contextmanager
     def _guard(self, action: str) -> Iterator[Redis]:
@@ -190,9 +237,9 @@ class RedisBroker:
             return int(client.llen(queue_name))
 
     def in_flight(self, queue_name: str) -> int | None:
-        with self._guard(f"in_flight {queue_name!r}") as client:
-            keys = [consumers_key(queue_name)]
-            return int(lua.IN_FLIGHT.run(client, keys, [held_prefix(queue_name)]))
+        with self._guard(f"in_flight {queue_name!r}"):
+            keys = [leases_key(queue_name), legacy_consumers_key(queue_name)]
+            return int(self.scripts.in_flight(keys, [held_prefix(queue_name)]))
 
     def purge(self, queue_name: str) -> int:
         with self._guard(f"purge {queue_name!r}") as client:
@@ -209,21 +256,18 @@ class RedisBroker:
         """
         s = self.settings
         forget_s = max(10 * s.lease_timeout_s, _FORGET_AFTER_MIN_S)
-        with self._guard(f"recover {queue_name!r}") as client:
-            found = lua.RECOVER.run(
-                client,
-                [queue_name, consumers_key(queue_name)],
-                [int(s.lease_timeout_s * 1000), int(forget_s * 1000), held_prefix(queue_name)],
+        with self._guard(f"recover {queue_name!r}"):
+            found = self.scripts.recover(
+                [*lease_keys(queue_name), queue_name, legacy_consumers_key(queue_name)],
+                [int(forget_s * 1000), held_prefix(queue_name)],
             )
         total = 0
         log = queue_logger(queue_name)
         for consumer_id, moved in zip(found[::2], found[1::2], strict=True):
             total += int(moved)
             log.warning(
-                "consumer {} stopped renewing its lease ({} s); its {} message(s) are back "
-                "on the queue",
+                "consumer {} let its lease run out; its {} message(s) are back on the queue",
                 consumer_id.decode(errors="replace"),
-                s.lease_timeout_s,
                 int(moved),
             )
         return total
@@ -235,7 +279,7 @@ class RedisBroker:
             beater.join(timeout=1.0)
             if not beater.dead:
                 beater.kill(block=False)
-        pool, self._pool, self._client = self._pool, None, None
+        pool, self._pool, self._client, self._scripts = self._pool, None, None, None
         if pool is not None:
             pool.disconnect()
 
@@ -253,11 +297,15 @@ class RedisBroker:
     def _beat_forever(self, stop: Event) -> None:
         """Renew every open receiver's lease and recover dead consumers, on a fixed schedule.
 
+        Beats keep their schedule (a late one does not delay the next): a beat later than one
+        interval breaks this process's promise and counts as a broker outage on the server
+        (see the module docstring). After a failure both are retried every half interval, so
+        that a worker coming back after an outage renews well before its lease runs out.
         Leaves when no receiver is open or the broker closes. Failures are logged once per
         outage: the pullers already report the broker being away.
         """
         s = self.settings
-        tick_s = min(s.heartbeat_interval_s, s.recovery_interval_s)
+        retry_s = min(s.heartbeat_interval_s, s.recovery_interval_s) / 2
         next_beat = 0.0
         next_recovery: dict[str, float] = {}
         failing = False
@@ -267,7 +315,9 @@ class RedisBroker:
             try:
                 if now >= next_beat:
                     self._beat_once()
-                    next_beat = now + s.heartbeat_interval_s
+                    next_beat += s.heartbeat_interval_s
+                    if next_beat <= now:  # the first beat, or far behind after an outage
+                        next_beat = now + s.heartbeat_interval_s
                 for queue_name in queue_names:
                     if now >= next_recovery.get(queue_name, 0.0):
                         self.recover(queue_name)
@@ -275,25 +325,30 @@ class RedisBroker:
             except BrokerError as exc:
                 if not failing:
                     queue_logger(", ".join(sorted(queue_names))).warning(
-                        "lease heartbeat failed: {}; retrying every {} s", exc, tick_s
+                        "lease heartbeat failed: {}; retrying every {} s", exc, retry_s
                     )
                 failing = True
             except Exception:
                 # A bug here must not end the leases of a live process: log it and go on.
                 queue_logger(", ".join(sorted(queue_names))).exception(
-                    "lease heartbeat hit an unexpected error; retrying in {} s", tick_s
+                    "lease heartbeat hit an unexpected error; retrying in {} s", retry_s
                 )
+                failing = True
             else:
                 failing = False
-            stop.wait(tick_s)
+            if failing:
+                stop.wait(retry_s)
+                continue
+            due = min([next_beat, *(next_recovery.get(q, 0.0) for q in queue_names)])
+            stop.wait(max(0.0, due - time.monotonic()))
 
     def _beat_once(self) -> None:
         by_queue: dict[str, list[str]] = {}
         for consumer_id, receiver in list(self._live.items()):
             by_queue.setdefault(receiver.queue_name, []).append(consumer_id)
         for queue_name, ids in by_queue.items():
-            with self._guard(f"heartbeat {queue_name!r}") as client:
-                lua.HEARTBEAT.run(client, [consumers_key(queue_name)], ids)
+            with self._guard(f"heartbeat {queue_name!r}"):
+                self.scripts.heartbeat(lease_keys(queue_name), [*self.settings.lease_args, *ids])
 
 
 class RedisReceiver:
@@ -304,13 +359,13 @@ class RedisReceiver:
         self.queue_name = queue_name
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._keys = [queue_name, held_key(queue_name, self.consumer_id)]
-        self._consumers_key = consumers_key(queue_name)
+        self._lease_keys = lease_keys(queue_name)
         self._client: Redis | None = None
+        self._scripts: RedisScripts | None = None
         # What this receiver handed out and not yet settled: tells orphans (taken on the
         # server, reply lost) from deliveries the engine still works on.
         self._outstanding: Counter[bytes] = Counter()
         self._next_beat = 0.0
-        self._took = False  # a take was tried since the receiver was opened or closed
         self._log = queue_logger(queue_name)
 
     def __repr__(self) -> str:
@@ -322,6 +377,7 @@ class RedisReceiver:
     def _guard(self, action: str) -> Iterator[Redis]:
         if self._client is None:
             self._client = Redis(connection_pool=self._broker.new_connection_pool(1))
+            self._scripts = RedisScripts(self._client)
             self._broker.register(self)
         try:
             with _translated(f"{action} on {self.queue_name!r}", self._broker.target.display):
@@ -356,9 +412,17 @@ class RedisReceiver:
         self._outstanding.update(bodies)
         return [Delivery(body, self.consumer_id) for body in bodies]
 
+    @property
+    def _lua(self) -> RedisScripts:
+        assert self._scripts is not None  # made with the client, in _guard
+        return self._scripts
+
     def _take(self, client: Redis, count: int) -> list[bytes]:
-        self._took = True  # before the call: a take whose reply is lost may still have moved
-        taken = lua.TAKE.run(client, [*self._keys, self._consumers_key], [count, self.consumer_id])
+        taken = self._lua.take(
+            [*self._lease_keys, *self._keys],
+            [*self._broker.settings.lease_args, self.consumer_id, count],
+            client=client,
+        )
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
         return list(taken)
 
@@ -372,8 +436,9 @@ class RedisReceiver:
             return
         bodies = [d.body for d in deliveries]
         with self._guard("ack") as client:
+            ack = self._lua.ack  # one lookup for the chunks
             for start in range(0, len(bodies), _SCRIPT_CHUNK):
-                lua.ACK.run(client, self._keys[1:], bodies[start : start + _SCRIPT_CHUNK])
+                ack(self._keys[1:], bodies[start : start + _SCRIPT_CHUNK], client=client)
         self._settled(bodies)
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
@@ -390,7 +455,8 @@ class RedisReceiver:
         # the batch keeps its order.
         starts = range(0, len(bodies), _SCRIPT_CHUNK)
         for start in reversed(starts):
-            moved += int(lua.REQUEUE.run(client, self._keys, bodies[start : start + _SCRIPT_CHUNK]))
+            chunk = bodies[start : start + _SCRIPT_CHUNK]
+            moved += int(self._lua.requeue(self._keys, chunk, client=client))
         return moved
 
     def _settled(self, bodies: list[bytes]) -> None:
@@ -403,7 +469,11 @@ class RedisReceiver:
         if time.monotonic() < self._next_beat:
             return
         with self._guard("heartbeat") as client:
-            lua.HEARTBEAT.run(client, [self._consumers_key], [self.consumer_id])
+            self._lua.heartbeat(
+                self._lease_keys,
+                [*self._broker.settings.lease_args, self.consumer_id],
+                client=client,
+            )
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
 
     def reconnect(self) -> None:
@@ -435,14 +505,15 @@ class RedisReceiver:
             return
         try:
             with _translated(f"close on {self.queue_name!r}", self._broker.target.display):
-                moved = lua.RELEASE.run(
-                    client, [*self._keys, self._consumers_key], [self.consumer_id]
+                moved = self._lua.release(
+                    [*self._keys, *self._lease_keys[:2]], [self.consumer_id], client=client
                 )
             if moved:
-                self._log.info("gave back {} unsettled message(s) on close", moved)
+                self._log.debug("gave back {} unsettled message(s) on close", moved)
         except BrokerError as exc:
-            # A receiver that never took anything holds nothing: not worth a warning.
-            log = self._log.warning if self._took else self._log.debug
+            # Only messages the engine has not settled are worth a warning; what a lost fetch
+            # reply may have left held comes back with the lease like anything else.
+            log = self._log.warning if self._outstanding else self._log.debug
             log(
                 "could not give back held messages on close ({}); they return to the queue "
                 "within {} s, when this consumer's lease has run out",
@@ -451,5 +522,5 @@ class RedisReceiver:
             )
         finally:
             self._outstanding.clear()
-            self._took = False
+            self._scripts = None
             client.connection_pool.disconnect()

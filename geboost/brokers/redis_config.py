@@ -7,7 +7,9 @@ The options are documented in the table of ``geboost.brokers.redis``.
 from __future__ import annotations
 
 import math
-from typing import Any
+import re
+from collections.abc import Mapping
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import msgspec
@@ -16,31 +18,37 @@ from redis.connection import Connection, SSLConnection
 from redis.connection import UnixDomainSocketConnection as UnixConnection
 from redis.retry import Retry
 
-from geboost.brokers.base import check_transport_options
 from geboost.errors import ConfigurationError
 
-__all__ = ["OPTION_TYPES", "RedisSettings", "RedisTarget", "parse_target"]
+__all__ = ["RedisSettings", "RedisTarget", "parse_target", "parse_transport_options"]
 
-_NUMBER = (int, float)
+_OptionsT = TypeVar("_OptionsT", bound=msgspec.Struct)
+_TYPE_NAMES = {"float": "a number", "int": "an int", "bool": "a bool", "str": "a str"}
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
+_WRONG_TYPE = re.compile(r"Expected `(?P<expected>[^`]*)`, got `[^`]*` - at `\$\.(?P<name>[^`]*)`")
 
-OPTION_TYPES: dict[str, type | tuple[type, ...]] = {
-    "socket_timeout_s": _NUMBER,
-    "socket_connect_timeout_s": _NUMBER,
-    "socket_keepalive": bool,
-    "health_check_interval_s": _NUMBER,
-    "client_name": str,
-    "pool_max_connections": int,
-    "pool_timeout_s": _NUMBER,
-    "heartbeat_interval_s": _NUMBER,
-    "lease_timeout_s": _NUMBER,
-    "recovery_interval_s": _NUMBER,
-    "publish_chunk_size": int,
-    "ssl_ca_certs": str,
-    "ssl_certfile": str,
-    "ssl_keyfile": str,
-    "ssl_cert_reqs": str,
-    "ssl_check_hostname": bool,
-}
+
+def parse_transport_options(
+    kind: str, options: Mapping[str, Any], settings_type: type[_OptionsT]
+) -> _OptionsT:
+    """``options`` as ``settings_type`` (a Struct with ``forbid_unknown_fields=True``), strictly
+    typed (a bool is not an int, a str not a number). ``ConfigurationError`` names the option."""
+    try:
+        return msgspec.convert(dict(options), settings_type)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        unknown, wrong = _UNKNOWN.fullmatch(text), _WRONG_TYPE.fullmatch(text)
+        if unknown:
+            known = sorted(settings_type.__struct_fields__)
+            text = f"unknown {kind} transport option {unknown['name']!r}; known options: {known}"
+        elif wrong:
+            name, expected = wrong["name"], wrong["expected"]
+            expected = _TYPE_NAMES.get(expected, f"of type {expected}")
+            text = f"{kind} transport option {name!r} must be {expected}, got {options.get(name)!r}"
+        elif "transport option" not in text:  # not __post_init__'s, which names the option
+            text = f"{kind} transport options: {text}"
+        raise ConfigurationError(text) from None
+
 
 _SSL_OPTIONS = (
     "ssl_ca_certs",
@@ -51,7 +59,7 @@ _SSL_OPTIONS = (
 )
 
 
-class RedisSettings(msgspec.Struct, frozen=True, kw_only=True):
+class RedisSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The transport options with their defaults; ranges are checked in ``__post_init__``."""
 
     socket_timeout_s: float = 5.0
@@ -86,12 +94,13 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True):
         for name in ("pool_max_connections", "publish_chunk_size"):
             if getattr(self, name) < 1:
                 raise _bad(name, getattr(self, name), "an int >= 1")
-        # A consumer whose beats are late by one interval must not already look dead.
-        if self.lease_timeout_s < 2 * self.heartbeat_interval_s:
+        # A beat late by one interval breaks this worker's promise (2 intervals, read as an
+        # outage) while its lease still has at least one interval left to renew in.
+        if self.lease_timeout_s < 3 * self.heartbeat_interval_s:
             raise _bad(
                 "lease_timeout_s",
                 self.lease_timeout_s,
-                f"at least 2 x heartbeat_interval_s ({self.heartbeat_interval_s})",
+                f"at least 3 x heartbeat_interval_s ({self.heartbeat_interval_s})",
             )
         if self.ssl_cert_reqs not in ("required", "optional", "none"):
             raise _bad("ssl_cert_reqs", self.ssl_cert_reqs, "'required', 'optional' or 'none'")
@@ -101,10 +110,15 @@ class RedisSettings(msgspec.Struct, frozen=True, kw_only=True):
         """Longest a dead consumer's messages stay held: lease plus one recovery period."""
         return self.lease_timeout_s + self.recovery_interval_s
 
+    @property
+    def lease_args(self) -> tuple[int, int]:
+        """What a lease-writing script is told (ms): how soon this worker promises to touch
+        the queue again (2 beats), and how long its lease lasts."""
+        return int(2 * self.heartbeat_interval_s * 1000), int(self.lease_timeout_s * 1000)
+
     @classmethod
-    def from_options(cls, options: dict[str, Any]) -> RedisSettings:
-        check_transport_options("redis", options, OPTION_TYPES)
-        return cls(**options)
+    def from_options(cls, options: Mapping[str, Any]) -> RedisSettings:
+        return parse_transport_options("redis", options, cls)
 
 
 class _Kwargs(dict[str, Any]):

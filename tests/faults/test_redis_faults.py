@@ -27,7 +27,7 @@ import pytest
 import redis
 
 from geboost import Booster, BoostOptions, BrokerConfig, BrokerKind, PublishError, new_booster
-from geboost.brokers.redis import consumers_key, held_key
+from geboost.brokers.redis import held_key, leases_key
 from geboost.message import encode, make_task
 from tests.support import (
     REDIS_SERVER,
@@ -156,7 +156,7 @@ def test_sigkilled_worker_loses_nothing(server: PrivateRedis, workdir: Path) -> 
     held_by_dead = prod.in_flight_count()
     done_by_first = len(done(first))
     client = server.client()
-    dead_ids = [m.decode() for m in client.zrange(consumers_key(queue), 0, -1)]
+    dead_ids = [m.decode() for m in client.zrange(leases_key(queue), 0, -1)]
     recovered_after_s = -1.0
     ctx, log = _spawn(worker_cmd(queue, server.url, second), workdir / "second.log")
     with log, ctx as w2:
@@ -310,15 +310,13 @@ def test_long_call_on_live_worker_runs_once(server: PrivateRedis, workdir: Path)
             assert wait_for(lambda: events(*records)[("start", 0)] == 1, 30)
             # A consumer that died holding a message: the other live worker must bring it
             # back while the long call goes on, proving recovery runs next to it.
-            client.zadd(consumers_key(queue), {"ghost:1:dead": 0})
+            client.zadd(leases_key(queue), {"ghost:1:dead": 0})
             client.lpush(held_key(queue, "ghost:1:dead"), encode(make_task((1, 0.0), {})))
             prod.push_many([(i, 0.05) for i in range(2, 40)])
             assert wait_for(lambda: {0, 1} <= done(*records), 60)
             time.sleep(2 * RECOVERY_BOUND_S)  # would a late redelivery happen? give it time
             seen = events(*records)
-            pids = {
-                int(m.decode().split(":")[1]) for m in client.zrange(consumers_key(queue), 0, -1)
-            }
+            pids = {int(m.decode().split(":")[1]) for m in client.zrange(leases_key(queue), 0, -1)}
             assert a.poll() is None and b.poll() is None
             assert {a.pid, b.pid} <= pids  # both consumers were live and renewing leases
         print(
@@ -331,3 +329,148 @@ def test_long_call_on_live_worker_runs_once(server: PrivateRedis, workdir: Path)
     finally:
         client.close()
         prod.stop()
+
+
+# ---------------------------------------------------------------- leases (issue 8, case 4)
+OUTAGE_LEASE = {"heartbeat_interval_s": 0.5, "lease_timeout_s": 2.0, "recovery_interval_s": 0.5}
+
+
+def _started_once(records: list[Path], total: int) -> tuple[list[int], set[int]]:
+    """Tasks started more than once, and tasks not finished exactly once."""
+    seen = events(*records)
+    twice = sorted(i for i in range(total) if seen[("start", i)] > 1)
+    not_once = {i for i in range(total) if seen[("done", i)] != 1}
+    return twice, not_once
+
+
+def test_outage_longer_than_the_lease_runs_no_call_twice(workdir: Path) -> None:
+    """Redis stopped (its append-only file keeps everything) for twice the lease while two live
+    workers run long calls: when it is back, neither takes the other for dead."""
+    server = PrivateRedis(str(workdir))
+    server.start()
+    queue = f"fault-outage-{uuid.uuid4().hex[:8]}"
+    total, call_s, outage_s = 80, 12.0, 4.5
+    records = [workdir / "a.txt", workdir / "b.txt"]
+    try:
+        prod = producer(queue, server.url)
+        prod.push_many([(i, call_s) for i in range(total)])
+        spawned = [
+            _spawn(
+                worker_cmd(
+                    queue,
+                    server.url,
+                    rec,
+                    concurrent_num=total // 2,
+                    reconnect_interval_s=0.5,
+                    transport=OUTAGE_LEASE,
+                ),
+                rec.with_suffix(".log"),
+            )
+            for rec in records
+        ]
+        with spawned[0][1], spawned[1][1], spawned[0][0] as a, spawned[1][0] as b:
+            started = lambda: sum(1 for (k, _) in events(*records) if k == "start")  # noqa: E731
+            assert wait_for(lambda: started() == total, 30), "the workers did not take all"
+            server.stop(signal.SIGTERM)  # SHUTDOWN: the append-only file has every write
+            time.sleep(outage_s)  # the outage itself, longer than the 2 s lease
+            server.start()
+            finished = wait_for(lambda: len(done(*records)) == total, 60)
+            assert a.poll() is None and b.poll() is None, "a worker exited"
+        twice, not_once = _started_once(records, total)
+        logs = "".join(rec.with_suffix(".log").read_text() for rec in records)
+        print(
+            f"\n[fault 5] Redis down {outage_s} s (lease 2 s) under {total} calls of "
+            f"{call_s} s on two workers: started twice {len(twice)}, "
+            f"not finished exactly once {len(not_once)}"
+        )
+        assert twice == [], f"started twice after the outage: {twice[:20]}"
+        assert finished and not_once == set()
+        assert "back on the queue" not in logs  # nobody was declared dead
+        assert prod.message_count() == 0 and prod.in_flight_count() == 0
+        prod.stop()
+    finally:
+        server.stop()
+
+
+def test_workers_with_different_leases_keep_each_others_messages(
+    server: PrivateRedis, workdir: Path
+) -> None:
+    """A worker with a short lease next to one that beats every 5 s: the slow beater is alive
+    and keeps what it holds."""
+    queue = f"fault-mixed-{uuid.uuid4().hex[:8]}"
+    fast = {"heartbeat_interval_s": 0.3, "lease_timeout_s": 1.5, "recovery_interval_s": 0.3}
+    slow = {"heartbeat_interval_s": 5.0, "lease_timeout_s": 20.0, "recovery_interval_s": 5.0}
+    total, call_s = 40, 6.0
+    records = [workdir / "slow.txt", workdir / "fast.txt"]
+    prod = producer(queue, server.url)
+
+    def cmd(record: Path, concurrent_num: int, transport: dict[str, float]) -> list[str]:
+        return worker_cmd(
+            queue, server.url, record, concurrent_num=concurrent_num, transport=transport
+        )
+
+    def started() -> int:
+        return sum(1 for (k, _) in events(*records) if k == "start")
+
+    slow_ctx, slow_log = _spawn(cmd(records[0], total // 2, slow), workdir / "slow.log")
+    with slow_log, slow_ctx as slow_worker:
+        prod.push_many([(i, call_s) for i in range(total // 2)])
+        assert wait_for(lambda: started() == total // 2, 30), "the slow worker took nothing"
+        # The fast one has room for everything: whatever it recovers, it runs at once.
+        fast_ctx, fast_log = _spawn(cmd(records[1], total, fast), workdir / "fast.log")
+        with fast_log, fast_ctx as fast_worker:
+            prod.push_many([(i, call_s) for i in range(total // 2, total)])
+            finished = wait_for(lambda: len(done(*records)) == total, 60)
+            assert slow_worker.poll() is None and fast_worker.poll() is None
+    twice, not_once = _started_once(records, total)
+    print(
+        f"\n[fault 6] lease 1.5 s next to lease 20 s, {total} calls of {call_s} s: "
+        f"started twice {len(twice)}"
+    )
+    assert twice == [], f"started twice: {twice[:20]}"
+    assert finished and not_once == set()
+    prod.stop()
+
+
+def test_sigkilled_worker_next_to_a_live_one_is_back_within_its_lease(
+    server: PrivateRedis, workdir: Path
+) -> None:
+    queue = f"fault-killed-{uuid.uuid4().hex[:8]}"
+    total = 200
+    records = [workdir / "victim.txt", workdir / "survivor.txt"]
+    prod = producer(queue, server.url)
+    client = server.client()
+    survivor_ctx, survivor_log = _spawn(
+        worker_cmd(queue, server.url, records[1], concurrent_num=5), workdir / "survivor.log"
+    )
+    with survivor_log, survivor_ctx as survivor:
+        victim_ctx, victim_log = _spawn(
+            worker_cmd(queue, server.url, records[0], concurrent_num=50), workdir / "victim.log"
+        )
+        with victim_log, victim_ctx as victim:
+            prod.push_many([(i, 2.0) for i in range(total)])
+            assert wait_for(lambda: len(done(records[0])) >= 50, 60), "victim made no progress"
+            victim_ids = [
+                m.decode()
+                for m in client.zrange(leases_key(queue), 0, -1)
+                if int(m.decode().split(":")[1]) == victim.pid
+            ]
+            stop_process(victim, signal.SIGKILL)
+        killed_at = time.monotonic()
+        held = sum(client.llen(held_key(queue, c)) for c in victim_ids)
+        back = wait_for(lambda: sum(client.llen(held_key(queue, c)) for c in victim_ids) == 0, 30)
+        back_after_s = time.monotonic() - killed_at
+        finished = wait_for(lambda: done(*records) == set(range(total)), 120)
+        assert survivor.poll() is None
+    bound_s = FAST_LEASE["lease_timeout_s"] + FAST_LEASE["recovery_interval_s"]
+    print(
+        f"\n[fault 7] {held} message(s) held by a SIGKILLed worker were back on the queue "
+        f"{back_after_s:.2f} s after the kill (lease + recovery = {bound_s} s)"
+    )
+    assert victim_ids and held > 0 and back
+    # Bound: lease + recovery interval, plus one heartbeat of the survivor (the dead worker's
+    # broken promise may push leases by that much once) and room for a loaded machine.
+    assert back_after_s < bound_s + FAST_LEASE["heartbeat_interval_s"] + 1.5
+    assert finished
+    client.close()
+    prod.stop()

@@ -30,7 +30,7 @@ from geboost import (
     PublishError,
     new_booster,
 )
-from geboost.brokers.redis import RedisBroker, consumers_key, held_key
+from geboost.brokers.redis import RedisBroker, held_key, leases_key
 from tests.support import (
     REDIS_SERVER,
     free_port,
@@ -133,7 +133,9 @@ def test_password_user_unix_and_tls_urls() -> None:
         ("", {"socket_timeout_s": "5"}, "socket_timeout_s"),
         ("", {"socket_timeout_s": 0}, "socket_timeout_s"),
         ("", {"pool_max_connections": 0}, "pool_max_connections"),
-        ("", {"lease_timeout_s": 1.0, "heartbeat_interval_s": 1.0}, "lease_timeout_s"),
+        ("", {"lease_timeout_s": 2.9, "heartbeat_interval_s": 1.0}, "lease_timeout_s"),
+        ("", {"pool_max_connections": True}, "pool_max_connections"),
+        ("", {"socket_keepalive": 1}, "socket_keepalive"),
         ("", {"ssl_cert_reqs": "maybe"}, "ssl_cert_reqs"),
     ],
 )
@@ -281,7 +283,7 @@ def test_layout_batch_fetch_fifo_and_counts(shared: redis.Redis, queue: str) -> 
         assert broker.count(queue) == 41
         assert broker.in_flight(queue) == 60
         assert shared.llen(held_key(queue, r.consumer_id)) == 60
-        assert shared.zscore(consumers_key(queue), r.consumer_id) is not None
+        assert shared.zscore(leases_key(queue), r.consumer_id) is not None
         r.ack(first)
         rest = r.fetch(100, 1.0)
         assert [d.body for d in rest][-1] == b'{"task_id":"from-another-language"}'
@@ -290,7 +292,7 @@ def test_layout_batch_fetch_fifo_and_counts(shared: redis.Redis, queue: str) -> 
     finally:
         r.close()
         broker.close()
-    assert shared.zscore(consumers_key(queue), r.consumer_id) is None
+    assert shared.zscore(leases_key(queue), r.consumer_id) is None
 
 
 def test_requeue_goes_first_in_order_and_close_gives_back(shared: redis.Redis, queue: str) -> None:
@@ -497,5 +499,62 @@ def test_default_and_short_urls_reach_the_local_server(
         broker.publish(queue, _bodies(2))
         assert shared.llen(queue) == 2 and broker.count(queue) == 2
         assert broker.purge(queue) == 2
+    finally:
+        broker.close()
+
+
+def _server_ms(client: redis.Redis) -> int:
+    seconds, micros = client.time()
+    return int(seconds) * 1000 + int(micros) // 1000
+
+
+def test_lease_clock_discounts_a_silence_once(shared: redis.Redis, queue: str) -> None:
+    """The lease clock on its keys: a promise broken during a silence pushes every lease by the
+    silence, once; a lease that expired while promises were kept is recovered."""
+    broker = _broker(**_FAST)
+    leases, promises, touched = (
+        leases_key(queue),
+        f"geboost:{queue}:promises",
+        f"geboost:{queue}:touched",
+    )
+    try:
+        now = _server_ms(shared)
+        # "live" renewed just before a 5 s silence (nobody touched Q); its promise broke in it.
+        shared.set(touched, now - 5000)
+        shared.zadd(leases, {"live": now - 4700})
+        shared.zadd(promises, {"live": now - 4800})
+        shared.lpush(held_key(queue, "live"), b'{"task_id":"live"}')
+        assert broker.recover(queue) == 0  # its lease had 300 ms left: it still has them
+        pushed = shared.zscore(leases, "live")
+        assert pushed is not None and now + 250 <= pushed <= now + 1000
+        assert broker.recover(queue) == 0
+        assert shared.zscore(leases, "live") == pushed  # the same broken promise: no new push
+        # "gone" let its lease run out while Q was touched all along: its messages come back.
+        now = _server_ms(shared)
+        shared.set(touched, now - 50)
+        shared.zadd(leases, {"gone": now - 100})
+        shared.zadd(promises, {"gone": now - 200})
+        shared.lpush(held_key(queue, "gone"), b'{"task_id":"gone"}')
+        assert broker.recover(queue) == 1
+        assert shared.llen(queue) == 1 and shared.llen(held_key(queue, "gone")) == 0
+        assert shared.zscore(leases, "live") == pushed
+    finally:
+        broker.close()
+
+
+def test_recovery_sweeps_the_legacy_consumers_zset(shared: redis.Redis, queue: str) -> None:
+    """A consumer of an earlier geboost (last beat in ``geboost:Q:consumers``) silent for longer
+    than the forget time still has its messages given back."""
+    broker = _broker(**_FAST)
+    legacy = f"geboost:{queue}:consumers"
+    try:
+        now = _server_ms(shared)
+        shared.zadd(legacy, {"old-dead": now - 700_000, "old-live": now - 1000})
+        shared.lpush(held_key(queue, "old-dead"), b'{"task_id":"a"}', b'{"task_id":"b"}')
+        shared.lpush(held_key(queue, "old-live"), b'{"task_id":"c"}')
+        assert broker.in_flight(queue) == 3
+        assert broker.recover(queue) == 2
+        assert shared.llen(queue) == 2 and shared.zrange(legacy, 0, -1) == [b"old-live"]
+        assert broker.in_flight(queue) == 1
     finally:
         broker.close()
