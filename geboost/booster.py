@@ -10,7 +10,13 @@ import gevent
 import msgspec
 
 from geboost import _patch, signals
-from geboost.brokers.base import Broker, Delivery, Receiver, get_broker_factory
+from geboost.brokers.base import (
+    Broker,
+    Delivery,
+    Receiver,
+    dead_letter_queue,
+    get_broker_factory,
+)
 from geboost.codec import CallCodec
 from geboost.engine import Engine
 from geboost.errors import (
@@ -89,7 +95,7 @@ class Booster(Generic[P, R]):
 
     @property
     def dead_letter_queue_name(self) -> str:
-        return self.options.queue_name + ".dlq"
+        return dead_letter_queue(self.options.queue_name)
 
     @property
     def broker(self) -> Broker:

@@ -42,7 +42,7 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 
-from geboost.brokers.base import Broker, Delivery
+from geboost.brokers.base import Broker, Delivery, dead_letter_queue
 from geboost.codec import CallCodec
 from geboost.errors import BrokerError, DecodeError
 from geboost.log import queue_logger
@@ -82,7 +82,7 @@ class Engine:
         self.options = options
         self.broker = broker
         self.queue_name = options.queue_name
-        self.dead_letter_queue = options.queue_name + ".dlq"
+        self.dead_letter_queue = dead_letter_queue(options.queue_name)
         self.log = queue_logger(options.queue_name)
         self._func: Callable[..., Any] = options.consume_func
         self._codec = codec

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from importlib import import_module
 from importlib.metadata import entry_points
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import msgspec
 
@@ -41,9 +41,11 @@ __all__ = [
     "Delivery",
     "Receiver",
     "available_broker_kinds",
-    "check_transport_options",
+    "dead_letter_queue",
     "get_broker_factory",
+    "is_dead_letter_queue",
     "mask_url",
+    "parse_transport_options",
     "register_broker",
 ]
 
@@ -79,6 +81,18 @@ class BrokerConfig(msgspec.Struct, frozen=True, kw_only=True):
                 "BrokerConfig.broker_transport_options must be a dict, "
                 f"got {self.broker_transport_options!r}"
             )
+
+
+DEAD_LETTER_SUFFIX = ".dlq"
+
+
+def dead_letter_queue(queue_name: str) -> str:
+    """The one name of ``queue_name``'s dead-letter queue (``<queue>.dlq``)."""
+    return queue_name + DEAD_LETTER_SUFFIX
+
+
+def is_dead_letter_queue(queue_name: str) -> bool:
+    return queue_name.endswith(DEAD_LETTER_SUFFIX)
 
 
 def mask_url(url: str) -> str:
@@ -255,26 +269,39 @@ def is_registered(kind: str) -> bool:
         return _normalise(kind) in _factories
 
 
-def check_transport_options(
-    kind: str, options: Mapping[str, Any], known: Mapping[str, type | tuple[type, ...]]
-) -> None:
-    """Reject unknown transport option keys and values of the wrong type, naming them."""
-    for key, value in options.items():
-        if key not in known:
-            raise ConfigurationError(
-                f"unknown {kind} transport option {key!r}; known options: {sorted(known)}"
-            )
-        expected = known[key]
-        if not isinstance(value, expected) or (
-            isinstance(value, bool) and bool not in _as_tuple(expected)
-        ):
-            raise ConfigurationError(
-                f"{kind} transport option {key!r} has the wrong type: {value!r}"
-            )
+_OptionsT = TypeVar("_OptionsT", bound=msgspec.Struct)
+_TYPE_NAMES = {"float": "a number", "int": "an int", "bool": "a bool", "str": "a str"}
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
+_WRONG_TYPE = re.compile(r"Expected `(?P<expected>[^`]*)`, got `[^`]*` - at `\$\.(?P<name>[^`]*)`")
 
 
-def _as_tuple(expected: type | tuple[type, ...]) -> tuple[type, ...]:
-    return expected if isinstance(expected, tuple) else (expected,)
+def parse_transport_options(
+    kind: str, options: Mapping[str, Any], settings_type: type[_OptionsT]
+) -> _OptionsT:
+    """``options`` as ``settings_type`` (a Struct with ``forbid_unknown_fields=True``), strictly
+    typed (a bool is not an int, a str not a number). ``ConfigurationError`` names the option.
+
+    Every broker parses its ``broker_transport_options`` here, so unknown keys and wrong types
+    are refused the same way everywhere. ``msgspec.convert`` builds new containers, so a dict
+    the caller changes later does not change the parsed options.
+    """
+    if not isinstance(options, Mapping):
+        raise ConfigurationError(f"{kind} transport options must be a dict, got {options!r}")
+    try:
+        return msgspec.convert(dict(options), settings_type)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        unknown, wrong = _UNKNOWN.fullmatch(text), _WRONG_TYPE.fullmatch(text)
+        if unknown:
+            known = sorted(settings_type.__struct_fields__)
+            text = f"unknown {kind} transport option {unknown['name']!r}; known options: {known}"
+        elif wrong:
+            name, expected = wrong["name"], wrong["expected"]
+            expected = _TYPE_NAMES.get(expected, f"of type {expected}")
+            text = f"{kind} transport option {name!r} must be {expected}, got {options.get(name)!r}"
+        elif "transport option" not in text:  # not __post_init__'s, which names the option
+            text = f"{kind} transport options: {text}"
+        raise ConfigurationError(text) from None
 
 
 def _normalise(kind: str) -> str:

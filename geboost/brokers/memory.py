@@ -16,8 +16,7 @@ from collections.abc import Sequence
 import msgspec
 from gevent.event import Event
 
-from geboost.brokers.base import BrokerConfig, Delivery
-from geboost.errors import ConfigurationError
+from geboost.brokers.base import BrokerConfig, Delivery, parse_transport_options
 
 __all__ = ["MemoryBroker"]
 
@@ -51,14 +50,7 @@ class MemoryBroker:
     """``BrokerKind.MEMORY``. Takes no transport options."""
 
     def __init__(self, config: BrokerConfig) -> None:
-        try:
-            msgspec.convert(dict(config.broker_transport_options), _NoOptions)
-        except msgspec.ValidationError as exc:
-            # The only way to fail is a key: every key is unknown here.
-            raise ConfigurationError(
-                f"the memory broker takes no transport options, got "
-                f"{sorted(map(str, config.broker_transport_options))}"
-            ) from exc
+        parse_transport_options("memory", config.broker_transport_options, _NoOptions)
         self._namespace = config.broker_url
 
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:

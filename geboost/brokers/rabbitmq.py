@@ -50,8 +50,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from geboost.brokers.base import BrokerConfig
-from geboost.brokers.rabbitmq_config import DLQ_SUFFIX, RabbitSettings, declare
+from geboost.brokers.base import BrokerConfig, is_dead_letter_queue
+from geboost.brokers.rabbitmq_config import RabbitSettings, declare
 from geboost.brokers.rabbitmq_publisher import Publisher
 from geboost.brokers.rabbitmq_receiver import RabbitMQReceiver
 from geboost.errors import MessageRefusedError
@@ -98,7 +98,7 @@ class RabbitMQBroker:
 
     def open_receiver(self, queue_name: str, *, window: int = 100) -> RabbitMQReceiver:
         prefetch = self._settings.prefetch_count or min(max(window, 1), 65535)
-        if queue_name.endswith(DLQ_SUFFIX):
+        if is_dead_letter_queue(queue_name):
             # Dead letters are read by dead_letters()/requeue_dead_letters(), which hold what
             # they read until the end: a prefetch_count set for pullers would stop them short.
             prefetch = min(max(window, 1), 65535)

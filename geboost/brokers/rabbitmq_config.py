@@ -16,6 +16,7 @@ import msgspec
 import pika
 import pika.exceptions
 
+from geboost.brokers.base import is_dead_letter_queue, mask_url, parse_transport_options
 from geboost.errors import (
     BrokerAuthenticationError,
     BrokerConnectionError,
@@ -25,7 +26,6 @@ from geboost.errors import (
 
 __all__ = ["RabbitOptions", "RabbitSettings", "translate"]
 
-DLQ_SUFFIX = ".dlq"
 RABBITMQ_MAX_MESSAGE_SIZE = 134_217_728  # RabbitMQ's own default for ``max_message_size``
 
 
@@ -61,7 +61,7 @@ class RabbitSettings(RabbitOptions, frozen=True, kw_only=True):
     @classmethod
     def from_config(cls, url: str, options: Mapping[str, Any]) -> RabbitSettings:
         """Parse ``url`` and ``options``; raises ``ConfigurationError`` naming what is wrong."""
-        parsed = _convert_options(options)
+        parsed = parse_transport_options("rabbitmq", options, RabbitOptions)
         if "prefetch_count" in options:  # absent: 0, the receiver's window decides
             _in_range("prefetch_count", parsed.prefetch_count, 1, 65535)
         settings = cls(**_parse_url(url), **msgspec.structs.asdict(parsed))
@@ -93,7 +93,9 @@ class RabbitSettings(RabbitOptions, frozen=True, kw_only=True):
         """The URL with the password replaced by ``***``: the only form that is ever logged."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = quote(self.vhost, safe="")
-        return f"{self.scheme}://{quote(self.username, safe='')}:***@{host}:{self.port}/{vhost}"
+        user = quote(self.username, safe="")
+        # Always masked, even an empty or default password: the text never depends on it.
+        return mask_url(f"{self.scheme}://{user}:-@{host}:{self.port}/{vhost}")
 
     def arguments_for(self, queue_name: str) -> dict[str, Any]:
         """Declare arguments: the configured ones, except on dead-letter queues.
@@ -102,7 +104,7 @@ class RabbitSettings(RabbitOptions, frozen=True, kw_only=True):
         limit or priority meant for the work queue must not apply to it; only the queue type
         carries over (a quorum work queue gets a quorum dead-letter queue).
         """
-        if queue_name.endswith(DLQ_SUFFIX):
+        if is_dead_letter_queue(queue_name):
             kept = self.queue_arguments.get("x-queue-type")
             return {} if kept is None else {"x-queue-type": kept}
         return dict(self.queue_arguments)
@@ -141,22 +143,6 @@ class RabbitSettings(RabbitOptions, frozen=True, kw_only=True):
             context.check_hostname = False
             context.verify_mode = ssl.CERT_NONE
         return pika.SSLOptions(context, server_hostname=self.host)
-
-
-def _convert_options(options: Mapping[str, Any]) -> RabbitOptions:
-    """The options dict as a ``RabbitOptions``; msgspec's complaint becomes ours, field named."""
-    if not isinstance(options, Mapping):
-        raise ConfigurationError(f"rabbitmq transport options must be a dict, got {options!r}")
-    try:
-        # convert builds new containers, so a queue_arguments dict the caller changes later
-        # does not change ours.
-        return msgspec.convert(dict(options), RabbitOptions)
-    except msgspec.ValidationError as exc:
-        # msgspec's text names the field ("unknown field `x`", "... - at `$.x`").
-        hint = ""
-        if "unknown field" in str(exc):
-            hint = f"; known options: {sorted(RabbitOptions.__struct_fields__)}"
-        raise ConfigurationError(f"rabbitmq transport options: {exc}{hint}") from None
 
 
 def _parse_url(url: str) -> dict[str, Any]:

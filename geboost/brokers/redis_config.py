@@ -7,10 +7,9 @@ The options are documented in the table of ``geboost.brokers.redis``.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
-from urllib.parse import parse_qs, quote, unquote, urlsplit
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
 from redis.backoff import NoBackoff
@@ -18,37 +17,10 @@ from redis.connection import Connection, SSLConnection
 from redis.connection import UnixDomainSocketConnection as UnixConnection
 from redis.retry import Retry
 
+from geboost.brokers.base import mask_url, parse_transport_options
 from geboost.errors import ConfigurationError
 
-__all__ = ["RedisSettings", "RedisTarget", "parse_target", "parse_transport_options"]
-
-_OptionsT = TypeVar("_OptionsT", bound=msgspec.Struct)
-_TYPE_NAMES = {"float": "a number", "int": "an int", "bool": "a bool", "str": "a str"}
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<name>[^`]*)`")
-_WRONG_TYPE = re.compile(r"Expected `(?P<expected>[^`]*)`, got `[^`]*` - at `\$\.(?P<name>[^`]*)`")
-
-
-def parse_transport_options(
-    kind: str, options: Mapping[str, Any], settings_type: type[_OptionsT]
-) -> _OptionsT:
-    """``options`` as ``settings_type`` (a Struct with ``forbid_unknown_fields=True``), strictly
-    typed (a bool is not an int, a str not a number). ``ConfigurationError`` names the option."""
-    try:
-        return msgspec.convert(dict(options), settings_type)
-    except msgspec.ValidationError as exc:
-        text = str(exc)
-        unknown, wrong = _UNKNOWN.fullmatch(text), _WRONG_TYPE.fullmatch(text)
-        if unknown:
-            known = sorted(settings_type.__struct_fields__)
-            text = f"unknown {kind} transport option {unknown['name']!r}; known options: {known}"
-        elif wrong:
-            name, expected = wrong["name"], wrong["expected"]
-            expected = _TYPE_NAMES.get(expected, f"of type {expected}")
-            text = f"{kind} transport option {name!r} must be {expected}, got {options.get(name)!r}"
-        elif "transport option" not in text:  # not __post_init__'s, which names the option
-            text = f"{kind} transport options: {text}"
-        raise ConfigurationError(text) from None
-
+__all__ = ["RedisSettings", "RedisTarget", "parse_target"]
 
 _SSL_OPTIONS = (
     "ssl_ca_certs",
@@ -165,6 +137,7 @@ def parse_target(url: str, settings: RedisSettings, given: dict[str, Any]) -> Re
             f"redis broker_url has unsupported query parameters {unknown}; use "
             "broker_transport_options"
         )
+    display = mask_url(parts.geturl())
     kwargs = _common_kwargs(settings)
     if parts.username:
         kwargs["username"] = unquote(parts.username)
@@ -174,15 +147,15 @@ def parse_target(url: str, settings: RedisSettings, given: dict[str, Any]) -> Re
     if scheme == "unix":
         path = unquote(parts.path)
         if not path:
-            raise ConfigurationError(f"redis broker_url {_mask(parts)!r} names no socket path")
+            raise ConfigurationError(f"redis broker_url {display!r} names no socket path")
         kwargs["path"] = path
         return RedisTarget(
-            connection_class=UnixConnection, connection_kwargs=kwargs, display=_mask(parts)
+            connection_class=UnixConnection, connection_kwargs=kwargs, display=display
         )
     try:
         port = parts.port or 6379
     except ValueError as exc:
-        raise ConfigurationError(f"redis broker_url {_mask(parts)!r}: {exc}") from None
+        raise ConfigurationError(f"redis broker_url {display!r}: {exc}") from None
     kwargs["host"] = parts.hostname or "localhost"
     kwargs["port"] = port
     kwargs["socket_keepalive"] = settings.socket_keepalive
@@ -190,7 +163,7 @@ def parse_target(url: str, settings: RedisSettings, given: dict[str, Any]) -> Re
     if scheme == "rediss":
         cls = SSLConnection
         kwargs.update(_ssl_kwargs(settings))
-    return RedisTarget(connection_class=cls, connection_kwargs=kwargs, display=_mask(parts))
+    return RedisTarget(connection_class=cls, connection_kwargs=kwargs, display=display)
 
 
 def _common_kwargs(settings: RedisSettings) -> dict[str, Any]:
@@ -226,17 +199,6 @@ def _db(path: str, query: dict[str, list[str]]) -> int:
     if db < 0:
         raise ConfigurationError(f"redis database must be >= 0, got {db}")
     return db
-
-
-def _mask(parts: Any) -> str:
-    """The URL as given, with the password (if any) replaced by ``***``."""
-    netloc = parts.netloc
-    if parts.password is not None:
-        user = quote(unquote(parts.username or ""), safe="")
-        host = netloc.rpartition("@")[2]
-        netloc = f"{user}:***@{host}"
-    query = f"?{parts.query}" if parts.query else ""
-    return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
 def _positive(name: str, value: float) -> None:
