@@ -42,37 +42,19 @@ from gevent.event import Event
 from gevent.lock import BoundedSemaphore
 from gevent.pool import Group
 
-from geboost.brokers.base import Broker, Delivery, dead_letter_queue
+from geboost.brokers.base import Broker, dead_letter_queue
 from geboost.codec import CallCodec
 from geboost.errors import BrokerError, DecodeError
 from geboost.log import queue_logger
 from geboost.message import DeadLetter, TaskMessage, encode
 from geboost.options import BoostOptions
-from geboost.puller import Puller
+from geboost.puller import Job, Puller
 from geboost.ratelimit import LeakyBucket
 
-__all__ = ["Engine", "Job"]
+__all__ = ["Engine"]
 
 _TRACEBACK_MAX_CHARS = 8000  # the tail of a long traceback is kept: it ends where it failed
 _DEAD_LETTER_FIRST_RETRY_S = 1.0  # then doubling, up to reconnect_interval_s
-
-
-class Job:
-    """One message on its way through the engine, over one or more attempts."""
-
-    __slots__ = ("attempt", "delivery", "error", "message", "puller", "writes_failed")
-
-    def __init__(self, puller: Puller, delivery: Delivery) -> None:
-        self.puller = puller
-        self.delivery = delivery
-        self.message: TaskMessage | None = None
-        self.attempt = 1  # the attempt the next call makes
-        self.error: BaseException | None = None  # the last attempt's failure
-        self.writes_failed = 0  # dead-letter writes that failed; > 0 means "to dead-letter"
-
-    @property
-    def task_id(self) -> str:
-        return self.message.task_id if self.message is not None else ""
 
 
 class Engine:

@@ -26,15 +26,34 @@ from typing import TYPE_CHECKING
 
 from geboost.brokers.base import Delivery, Receiver
 from geboost.errors import BrokerError
+from geboost.message import TaskMessage
 
 if TYPE_CHECKING:
-    from geboost.engine import Engine, Job
+    from geboost.engine import Engine
     from geboost.log import QueueLogger
 
-__all__ = ["Puller"]
+__all__ = ["Job", "Puller"]
 
 _IDLE_WAIT_S = 0.2  # longest a puller waits for a free slot before servicing its connection
 _BUSY_FETCH_S = 0.02  # fetch slice while this puller's calls run, so their acks go out soon
+
+
+class Job:
+    """One message on its way through the engine, over one or more attempts."""
+
+    __slots__ = ("attempt", "delivery", "error", "message", "puller", "writes_failed")
+
+    def __init__(self, puller: Puller, delivery: Delivery) -> None:
+        self.puller = puller
+        self.delivery = delivery
+        self.message: TaskMessage | None = None
+        self.attempt = 1  # the attempt the next call makes
+        self.error: BaseException | None = None  # the last attempt's failure
+        self.writes_failed = 0  # dead-letter writes that failed; > 0 means "to dead-letter"
+
+    @property
+    def task_id(self) -> str:
+        return self.message.task_id if self.message is not None else ""
 
 
 class Puller:
@@ -109,8 +128,6 @@ class Puller:
 
     def _start_fetched(self, got: list[Delivery]) -> None:
         """Start each fetched message (a slot is held for each); give back what cannot start."""
-        from geboost.engine import Job  # the engine imports this module
-
         engine = self._engine
         self._in_hand += len(got)
         started = 0
