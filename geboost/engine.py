@@ -245,7 +245,7 @@ class Engine:
         """Call the user's function: (what it raised or None, whether a retry cannot help)."""
         timeout_s = self.options.task_timeout_s
         timer = gevent.Timeout(timeout_s) if timeout_s else None
-        started = time.monotonic()
+        started = time.monotonic() if timer is not None else 0.0
         try:
             if timer is None:
                 result = self._func(*message.args, **message.kwargs)
@@ -262,7 +262,7 @@ class Engine:
             # SystemExit and KeyboardInterrupt raised by the function fail this call only:
             # gevent would otherwise carry them to the main greenlet and end the process.
             return exc, False
-        if inspect.isawaitable(result):
+        if result is not None and inspect.isawaitable(result):  # None: skip the ABC check
             close = getattr(result, "close", None)
             if close is not None:
                 close()  # no "never awaited" warning
@@ -271,11 +271,12 @@ class Engine:
                 "greenlets and never awaits: write it as a plain function"
             )
             return never, True
-        if timer is not None and time.monotonic() - started > timeout_s:
+        took_s = time.monotonic() - started if timer is not None else 0.0
+        if took_s > timeout_s:
             job.puller.log_for(job).warning(
                 "call took {:.3g} s, past task_timeout_s={:g}, and could not be interrupted: "
                 "it did not yield to gevent (CPU-bound code cannot be timed out)",
-                time.monotonic() - started,
+                took_s,
                 timeout_s,
             )
         return None, False
