@@ -119,7 +119,8 @@ class Engine:
                 log=self.log,
             )
         self._resumed = Event()  # clear while the queue is paused
-        self._resumed.set()
+        if state is None:
+            self._resumed.set()  # else the pause watcher's first read decides
         self._pause_watcher: Greenlet[Any, None] | None = None
         if options.qps_limit > 0:
             # About one second of work at most per fetch, so a slow rate holds few messages.
@@ -158,9 +159,12 @@ class Engine:
 
     def _watch_pause(self, state: StateStore) -> None:
         """Read the queue's pause flag every ``_PAUSE_CHECK_S``; pullers do not fetch and do
-        not start calls while it is set. A store that fails leaves the last state known."""
+        not start calls while it is set. Until the first read, the engine counts as paused (a
+        worker started while the queue is paused must not take a message first); a store that
+        fails leaves the last state known (not paused, if it failed from the start)."""
         key = paused_key(self.queue_name)
         failing = False
+        first = True
         while not self.stopping:
             try:
                 paused = state.get(key) is not None
@@ -168,15 +172,22 @@ class Engine:
                 if not failing:
                     self.log.warning("could not read the pause flag: {}; keeping the last", exc)
                 failing = True
+                if first:
+                    self._resumed.set()
             else:
                 failing = False
-                if paused and not self.paused:
-                    self._resumed.clear()
-                    self.log.info("paused: no new call starts until resume()")
-                elif not paused and self.paused:
-                    self._resumed.set()
-                    self.log.info("resumed")
+                self._set_paused(paused, first)
+            first = False
             self.wait_stopping(_PAUSE_CHECK_S)
+
+    def _set_paused(self, paused: bool, first: bool) -> None:
+        if paused and (first or not self.paused):
+            self._resumed.clear()
+            self.log.info("paused: no new call starts until resume()")
+        elif not paused and self.paused:
+            self._resumed.set()
+            if not first:
+                self.log.info("resumed")
 
     @property
     def stopping(self) -> bool:

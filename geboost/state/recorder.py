@@ -96,7 +96,11 @@ class TaskRecorder:
         ``dedupe_ttl_s`` (one store read), or None. Raises ``StateStoreError``."""
         if not (self.dedupe_ttl_s and message.fingerprint):
             return None
-        earlier = self.store.get(dedupe_key(self.queue_name, message.fingerprint))
+        key = dedupe_key(self.queue_name, message.fingerprint)
+        pending = self._sets.get(key)  # succeeded here, not written yet
+        if pending is not None:
+            return pending[0].decode()
+        earlier = self.store.get(key)
         return earlier.decode() if earlier is not None else None
 
     def skipped(self, message: TaskMessage, earlier_id: str) -> None:
