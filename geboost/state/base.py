@@ -77,17 +77,23 @@ def open_state_store(
 ) -> StateStore | None:
     """The store a booster uses, or None when it has none.
 
-    - ``state_url`` set: Redis at that URL (``redis://``, ``rediss://``, ``unix://``,
+    - ``state_url`` ``memory://<name>``: in process, one store per name (tests, one process).
+    - ``state_url`` set otherwise: Redis at that URL (``redis://``, ``rediss://``, ``unix://``,
       ``host:port``); when it is the broker's own URL, the broker's transport options (TLS,
       timeouts) apply, else the defaults.
     - empty, ``broker_kind`` REDIS: the broker's own Redis, with its URL and transport options.
-    - empty, MEMORY: in process, one store per memory namespace (``broker_url``).
+    - empty, MEMORY: in process, one store per memory namespace (``broker_url``), the same as
+      ``memory://<broker_url>``.
     - empty, any other kind: None (features that need a store are refused).
 
     Boosters of a process naming the same place share one store object (one pool, one
     notification listener). Never connects.
     """
     kind = str(broker_kind)
+    if state_url.startswith("memory://"):
+        from geboost.state.memory import MemoryStateStore
+
+        return _shared(("memory", state_url[len("memory://") :]), MemoryStateStore)
     if state_url:
         options = dict(broker_config.broker_transport_options) if kind == "redis" else {}
         if state_url.strip() != broker_config.broker_url.strip():
