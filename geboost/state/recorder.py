@@ -30,6 +30,7 @@ _RETRY_WRITE_S = 1.0
 _value_encoder = msgspec.json.Encoder()
 _STARTED = encode_outcome(Outcome(status="started"))
 _RETRYING = encode_outcome(Outcome(status="retrying"))
+_SUCCEEDED_NONE = encode_outcome(Outcome(status="succeeded"))  # the common "return None"
 PENDING = encode_outcome(Outcome(status="pending"))
 
 
@@ -69,16 +70,7 @@ class TaskRecorder:
 
     def succeeded(self, message: TaskMessage, value: Any) -> None:
         if self.result_ttl_s:
-            try:
-                raw = msgspec.Raw(_value_encoder.encode(value))
-                outcome = Outcome(status="succeeded", value=raw)
-            except Exception as exc:  # no JSON form: the caller learns why from get()
-                outcome = Outcome(
-                    status="failed",
-                    error_type="EncodeError",
-                    message=f"the return value has no JSON form: {type(exc).__name__}: {exc}",
-                )
-            self._final(message.task_id, encode_outcome(outcome))
+            self._final(message.task_id, _succeeded(value))
         if self.dedupe_ttl_s and message.fingerprint:
             key = dedupe_key(self.queue_name, message.fingerprint)
             self._put(key, message.task_id.encode(), self.dedupe_ttl_s)
@@ -124,10 +116,11 @@ class TaskRecorder:
 
     def _put(self, key: str, value: bytes, ttl_s: float) -> None:
         self._sets[key] = (value, ttl_s)
-        self._idle.clear()
-        self._wake.set()
-        if self._writer is None or self._writer.dead:
-            self._writer = gevent.spawn(self._write_loop)
+        if not self._wake.is_set():
+            self._idle.clear()
+            self._wake.set()
+            if self._writer is None or self._writer.dead:
+                self._writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
         while True:
@@ -165,8 +158,27 @@ class TaskRecorder:
         if self._writer is None:
             return True
         done = bool(self._idle.wait(timeout_s))
+        self._writer.kill(block=True, timeout=1)
+        self._writer = None
+        self._wake.clear()  # _put starts a new writer if anything comes after this
+        if self._sets or self._notices:
+            done = self._write_once()  # put between the writer's last batch and the kill
         if not done:
             self._log.warning("{} task status(es) could not be stored before stop", len(self._sets))
-        self._writer.kill(block=False)
-        self._writer = None
         return done
+
+
+def _succeeded(value: Any) -> bytes:
+    if value is None:
+        return _SUCCEEDED_NONE
+    try:
+        raw = msgspec.Raw(_value_encoder.encode(value))
+        return encode_outcome(Outcome(status="succeeded", value=raw))
+    except Exception as exc:  # no JSON form: the caller learns why from get()
+        return encode_outcome(
+            Outcome(
+                status="failed",
+                error_type="EncodeError",
+                message=f"the return value has no JSON form: {type(exc).__name__}: {exc}",
+            )
+        )

@@ -32,6 +32,24 @@ from geboost.log import queue_logger
 __all__ = ["RedisStateStore"]
 
 _PATTERN = "geboost:*"
+_BATCH_CHUNK = 500  # sets per script call: a long script would block the server meanwhile
+# One command for a batch: redis-py packs and parses one command instead of a pipeline of
+# SETs and PUBLISHes (measured: the pipeline halved consume-noop with results on). KEYS are
+# the keys; ARGV holds value, ttl_ms for each key, then channel, tokens pairs to publish.
+_WRITE_BATCH = """
+for i, key in ipairs(KEYS) do
+  local ttl = tonumber(ARGV[2 * i])
+  if ttl > 0 then
+    redis.call('SET', key, ARGV[2 * i - 1], 'PX', ttl)
+  else
+    redis.call('SET', key, ARGV[2 * i - 1])
+  end
+end
+for j = 2 * #KEYS + 1, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[j], ARGV[j + 1])
+end
+return #KEYS
+"""
 _RELISTEN_S = 1.0
 _LISTEN_SLICE_S = 1.0  # the listener looks at its closed flag this often
 
@@ -73,6 +91,7 @@ class RedisStateStore:
         self._listener: gevent.Greenlet[Any, None] | None = None
         self._subscribed = Event()
         self._closed = False
+        self._write_script: Any = None
         self._log = queue_logger("-")
 
     def __repr__(self) -> str:
@@ -130,13 +149,26 @@ class RedisStateStore:
     ) -> None:
         if not sets and not notices:
             return
+        # Tokens of one channel travel in one message, a line each (the listener splits them).
+        by_channel: dict[str, list[str]] = {}
+        for channel, token in notices:
+            by_channel.setdefault(channel, []).append(token)
         with self._guard(f"write {len(sets)} key(s)") as client:
-            pipe = client.pipeline(transaction=False)  # one round trip, in order
-            for key, value, ttl_s in sets:
-                pipe.set(key, value, px=_px(ttl_s))
-            for channel, token in notices:
-                pipe.publish(channel, token)
-            pipe.execute()
+            script = self._script(client)
+            for start in range(0, max(len(sets), 1), _BATCH_CHUNK):
+                chunk = sets[start : start + _BATCH_CHUNK]
+                args: list[Any] = []
+                for _, value, ttl_s in chunk:
+                    args += [value, _px(ttl_s) or 0]
+                if start + _BATCH_CHUNK >= len(sets):  # published after the last sets
+                    for channel, tokens in by_channel.items():
+                        args += [channel, "\n".join(tokens)]
+                script(keys=[key for key, _, _ in chunk], args=args)
+
+    def _script(self, client: Redis) -> Any:
+        if self._write_script is None:
+            self._write_script = client.register_script(_WRITE_BATCH)
+        return self._write_script
 
     # ----------------------------------------------------------------- notifications
     @contextmanager
@@ -206,9 +238,9 @@ class RedisStateStore:
         if kind != "pmessage":
             return
         channel = _text(message.get("channel"))
-        token = _text(message.get("data"))
-        for event in self._watchers.get((channel, token), ()):
-            event.set()
+        for token in _text(message.get("data")).split("\n"):
+            for event in self._watchers.get((channel, token), ()):
+                event.set()
 
     def _wake_all(self) -> None:
         for events in self._watchers.values():
