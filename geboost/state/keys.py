@@ -7,7 +7,8 @@ from __future__ import annotations
 __all__ = ["DONE_CHANNEL", "dedupe_key", "done_channel", "paused_key", "result_key"]
 
 DONE_CHANNEL = "geboost:done"
-"""The notification channel: a finished task's result key is published on it."""
+"""The notification channel: finished tasks' result keys are published on it (the Redis store
+sends one JSON array of them per batch)."""
 
 
 def result_key(queue_name: str, task_id: str) -> str:

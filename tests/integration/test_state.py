@@ -406,3 +406,17 @@ def test_rabbitmq_without_state_url_is_refused() -> None:
     with pytest.raises(ConfigurationError, match="state_url"):
         plain.result("x")
     assert plain.push.__name__ == "push"
+
+
+def test_a_caller_task_id_with_odd_characters_gets_its_result(make: Make) -> None:
+    b = make(lambda x: x * 2)
+    task_id = unique_name("id") + ' line\nbreak "quoted" ,[]'
+    result = b.push_with(PushOptions(task_id=task_id), 21)
+    assert result.task_id == task_id
+    waiter = gevent.spawn(result.get)  # no timeout: only the notification can wake it
+    try:
+        assert wait_for(lambda: result.status() == "pending" and not waiter.dead, 5)
+        b.consume()
+        assert waiter.get(timeout=10) == 42
+    finally:
+        waiter.kill()
