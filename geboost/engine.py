@@ -14,13 +14,20 @@ Waiting jobs hold no slot and no greenlet: they sit in one heap ordered by due t
 starts the due ones at its next step, and every puller's fetch ends by the earliest due time,
 so a retry starts on time even when the queue is empty.
 
+The state store (``geboost.state``), when the booster has one: a watcher greenlet reads the
+queue's pause flag every 0.5 s (pullers neither fetch nor start calls while it is set), and,
+with ``result_ttl_s`` or ``dedupe_ttl_s`` > 0, ``recorder`` hears of each call's start, retry,
+success and dead letter (batched writes, none on the call's path) and acks without calling a
+message whose fingerprint already succeeded. Without those options a call costs no store
+round trip.
+
 Stopping (``stop``), in this order, so that a message is given back only if its call never
 started or was interrupted, and never while its call still runs:
 1. ``stopping`` is set: from now on no call starts. A fetch that returns after this gives its
    messages back unstarted; waiting jobs are given back (a pending dead-letter write is tried
    once more first).
 2. Running calls get ``timeout_s`` to finish; those still running are killed, and their
-   messages given back.
+   messages given back; the statuses recorded so far are written (up to 5 s).
 3. ``drained`` is set: pullers send their last acks and requeues and close their receivers.
 When ``stop`` returns, no call of this engine runs any more.
 """
