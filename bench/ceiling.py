@@ -245,6 +245,8 @@ def cleanup(spec: dict[str, Any]) -> dict[str, Any]:
         try:
             client = redis.Redis(host="127.0.0.1", port=6379)
             keys = list(client.scan_iter(match=spec["redis_prefix"] + "*", count=1000))
+            # geboost's own keys of those queues: leases, results (geboost:<queue>:...).
+            keys += client.scan_iter(match="geboost:" + spec["redis_prefix"] + "*", count=1000)
             deleted += client.delete(*keys) if keys else 0
         except redis.RedisError:
             pass

@@ -57,6 +57,7 @@ class Sizes:
     http_delay_s: float = 0.1
     qps_n: int = 2_000
     qps_limit: float = 200.0
+    rpc_n: int = 1_000
 
 
 QUICK = Sizes(
@@ -71,6 +72,7 @@ QUICK = Sizes(
     http_concurrent=100,
     qps_n=40,
     qps_limit=100.0,
+    rpc_n=50,
 )
 
 
@@ -262,6 +264,7 @@ class Bench:
         self.queues: list[str] = []
         self.pool: dict[str, dict[str, Any]] = {}  # bare-Pool ceilings, by scenario key
         self.noop_rate: dict[str, float | None] = {}  # consume-noop, what consume-typed is to
+        self.only: set[str] = set()  # --only: the steps to run (empty: all)
 
     def queue(self, broker: str, name: str) -> str:
         queue = f"{self.run_id}-{broker}-{name}"
@@ -488,6 +491,51 @@ class Bench:
             row.detail["error_pct"] = error_pct
         self.add(row)
 
+    def results(self, broker: str) -> None:
+        """Issue 10: consume-noop with results stored, as a ratio of results off in the same
+        run; and (Redis) the round trip ``push(i).get()`` one at a time on an idle worker."""
+        s = self.sizes
+        rates: dict[bool, float | None] = {}
+        for on in (False, True):
+            result = self.consume(
+                broker,
+                "results-on" if on else "results-off",
+                1.0,
+                task="noop",
+                n=s.noop_n,
+                concurrent=s.noop_concurrent,
+                results=on,
+            )
+            label = "on" if on else "off"
+            measure = f"consume-noop results-{label}: {s.noop_n:,} @{s.noop_concurrent}"
+            row = self.rate_row(broker, measure, result, "rate_per_s")
+            rates[on] = row.value
+            off = rates.get(False)
+            if on and row.value is not None and off:
+                ratio = row.value / off
+                row.vs_ceiling = f"{ratio:.2f}"
+                row.target, row.verdict = ">= 0.70 of results-off", verdict(ratio >= 0.7)
+            self.add(row)
+        if broker != "redis":
+            return
+        spec = self.spec(
+            broker,
+            mode="rpc",
+            queue=self.queue(broker, "rpc"),
+            task="noop",
+            n=s.rpc_n,
+            concurrent=s.noop_concurrent,
+        )
+        result = run_process("worker.py", spec, 120)
+        measure = f"rpc round trip: {s.rpc_n:,} x push().get(), one at a time"
+        if result["ok"]:
+            shown = f"median {result['median_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms"
+            value = result["median_ms"]
+        else:
+            shown, value = failed(result), None
+        row = Row(broker, measure, shown, value, "ms", rss_mb=result.get("peak_rss_mb"))
+        self.add(row)
+
     def available(self, broker: str) -> str:
         """Empty if a booster of this kind can push and count, else why not."""
         if broker == "memory":
@@ -517,8 +565,11 @@ class Bench:
             ),
             *[(fan.label, partial(self.fanout, broker, fan)) for fan in fanouts(self.sizes)],
             ("qps", lambda: self.qps(broker)),
+            ("results", lambda: self.results(broker)),
         ]
         for name, step in steps:
+            if self.only and name not in self.only:
+                continue
             try:
                 step()
             except RunFailed as exc:
@@ -580,6 +631,11 @@ def main() -> int:
         "--brokers", default=",".join(BROKERS), help="comma-separated, default: all"
     )
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated steps to run (ceilings, publish, consume-noop, qps, results, ...)",
+    )
     args = parser.parse_args()
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = set(brokers) - set(BROKERS)
@@ -590,9 +646,11 @@ def main() -> int:
     started = time.monotonic()
     with http_server(sizes.http_delay_s) as url:
         bench = Bench(sizes, run_id, url)
+        bench.only = {step.strip() for step in args.only.split(",") if step.strip()}
         try:
             try:
-                bench.pool_ceilings()
+                if not bench.only or "ceilings" in bench.only:
+                    bench.pool_ceilings()
             except RunFailed as exc:
                 bench.add(Row("gevent", "ceilings", f"FAILED ({exc})"))
             for broker in brokers:

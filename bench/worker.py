@@ -17,6 +17,11 @@ Modes (``spec["mode"]``):
   acks are counted by a thin wrapper around the broker's receivers (a registered broker kind).
 - ``pool``: the ceiling, a bare ``gevent.pool.Pool(concurrent).spawn`` loop of the same calls.
 - ``probe``: can a booster of this broker kind publish and count? (Is the broker available?)
+- ``rpc``: one booster consumes (``concurrent`` greenlets, results on) and the same process
+  makes ``n`` round trips ``push(i).get()`` one at a time; reports median and p99 in ms.
+
+``spec["results"]``: results on (``result_ttl_s=60``) with the state store of the broker
+(Redis: the broker's own; memory: ``memory://bench``; RabbitMQ: the Redis on 6379).
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ from geboost import (
 from geboost.brokers.base import Broker, Receiver, get_broker_factory
 
 BROKER_PORTS = {"redis": 6379, "rabbitmq": 5672}
+STATE_URLS = {"memory": "memory://bench", "redis": "", "rabbitmq": "redis://127.0.0.1:6379"}
 
 
 class Tally:
@@ -222,6 +228,11 @@ def options(spec: dict[str, Any], func: Callable[..., None], kind: str) -> Boost
     transport: dict[str, Any] = {}
     if spec["broker"] == "rabbitmq" and spec.get("prefetch"):
         transport["prefetch_count"] = spec["prefetch"]  # else geboost's default window
+    state: dict[str, Any] = {}
+    if spec.get("results"):
+        # The counting kind (bench-<broker>) has no store of its own: name it.
+        url = STATE_URLS[spec["broker"]] or "redis://" + spec.get("broker_url", "")
+        state = {"result_ttl_s": 60.0, "state_url": url}
     return BoostOptions(
         queue_name=spec["queue"],
         consume_func=func,
@@ -233,6 +244,7 @@ def options(spec: dict[str, Any], func: Callable[..., None], kind: str) -> Boost
             broker_url=spec.get("broker_url", ""), broker_transport_options=transport
         ),
         handle_signals=False,
+        **state,
     )
 
 
@@ -291,6 +303,11 @@ def run_consume(spec: dict[str, Any]) -> dict[str, Any]:
             gevent.sleep(0.01)  # the pullers' connections are open once a call ran
             connections = broker_connections(spec["broker"])
         counter.done.wait(spec["timeout_s"])
+        engine = booster._engine
+        if engine is not None and engine.recorder is not None:
+            # Results on: timed until the last result is written, not only acked.
+            engine.recorder.flush(spec["timeout_s"])
+            counter.last_ack = max(counter.last_ack, time.perf_counter())
         connections = max(connections, broker_connections(spec["broker"]))
         leftover = booster.message_count()
     finally:
@@ -342,6 +359,33 @@ def run_probe(spec: dict[str, Any]) -> dict[str, Any]:
     return {"ok": ok}
 
 
+def run_rpc(spec: dict[str, Any]) -> dict[str, Any]:
+    n = spec["n"]
+    tally = Tally(n)
+    booster: Booster[Any, Any] = new_booster(
+        options({**spec, "results": True}, make_task(spec, tally), spec["broker"])
+    )
+    booster.consume()
+    times_ms: list[float] = []
+    wrong = 0
+    try:
+        booster.push(0).get(timeout_s=30)  # warm: connections open, listener subscribed
+        for i in range(n):
+            started = time.perf_counter()
+            if booster.push(i).get(timeout_s=30) is not None:
+                wrong += 1
+            times_ms.append((time.perf_counter() - started) * 1000)
+    finally:
+        booster.stop(timeout_s=10)
+    times_ms.sort()
+    return {
+        "ok": wrong == 0 and len(times_ms) == n,
+        "median_ms": times_ms[len(times_ms) // 2],
+        "p99_ms": times_ms[min(len(times_ms) - 1, int(len(times_ms) * 0.99))],
+        "peak_rss_mb": peak_rss_mb(),
+    }
+
+
 # --------------------------------------------------------------------- process facts
 def peak_rss_mb() -> float:
     """Peak resident set size of this process (ru_maxrss is in KiB on Linux)."""
@@ -389,6 +433,7 @@ MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "consume": run_consume,
     "pool": run_pool,
     "probe": run_probe,
+    "rpc": run_rpc,
 }
 
 

@@ -28,14 +28,17 @@ from geboost.errors import (  # noqa: E402
     GeboostError,
     MessageRefusedError,
     PublishError,
+    StateStoreError,
     UnknownBrokerError,
 )
 from geboost.message import DeadLetter, TaskMessage  # noqa: E402
 from geboost.options import BoostOptions, BrokerKind, PushOptions  # noqa: E402
+from geboost.results import AsyncResult, ResultTimeout, TaskFailed  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncResult",
     "BoostOptions",
     "Booster",
     "Broker",
@@ -55,6 +58,9 @@ __all__ = [
     "PushOptions",
     "PushResult",
     "Receiver",
+    "ResultTimeout",
+    "StateStoreError",
+    "TaskFailed",
     "TaskMessage",
     "UnknownBrokerError",
     "available_broker_kinds",

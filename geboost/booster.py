@@ -7,7 +7,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar
 
 import gevent
-import msgspec
 
 from geboost import _patch, signals
 from geboost.brokers.base import (
@@ -29,19 +28,20 @@ from geboost.errors import (
     PublishError,
 )
 from geboost.log import add_file_sink, queue_logger, set_queue_level
-from geboost.message import DeadLetter, decode_dead_letter, decode_task
+from geboost.message import DeadLetter, decode_dead_letter, decode_task, fingerprint
 from geboost.options import BoostOptions, PushOptions
+from geboost.results import AsyncResult, return_decoder
+from geboost.state.base import StateStore, open_state_store
+from geboost.state.keys import dedupe_key, paused_key, result_key
+from geboost.state.recorder import PENDING
 
 __all__ = ["Booster", "PushResult", "boost", "new_booster"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-
-class PushResult(msgspec.Struct, frozen=True):
-    """What ``push`` returns: the id the task carries on the wire and in every log line."""
-
-    task_id: str
+PushResult = AsyncResult
+"""The former name of what ``push`` returns (it kept ``.task_id``)."""
 
 
 class Booster(Generic[P, R]):
@@ -63,6 +63,14 @@ class Booster(Generic[P, R]):
         set_queue_level(options.queue_name, options.log_level)
         self._log = queue_logger(options.queue_name)
         self._engine: Engine | None = None
+        # The state store (results, pause, dedupe): built here, connected on first use.
+        self._state: StateStore | None = open_state_store(
+            options.state_url,
+            broker_kind=str(options.broker_kind),
+            broker_config=options.broker_config,
+        )
+        _check_state_needs(options, self._state)
+        self._return_decoder = return_decoder(options.consume_func)
         add_file_sink(
             options.log_file,
             level=options.log_level,
@@ -102,7 +110,7 @@ class Booster(Generic[P, R]):
         return self._broker
 
     # ----------------------------------------------------------------- producing
-    def push(self, *args: P.args, **kwargs: P.kwargs) -> PushResult:
+    def push(self, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
         """Send one call of the function to the queue.
 
         The arguments are checked against the function's signature first and encoded; a call
@@ -110,46 +118,130 @@ class Booster(Generic[P, R]):
         not arrive equal raises ``EncodeError`` (also a ``TypeError``) and sends nothing.
         A push the broker does not accept is retried ``push_retries`` times,
         ``push_retry_interval_s`` apart; then ``PublishError`` is raised.
-        """
-        body, task_id = self._codec.encode_call(args, kwargs)
-        self._publish([body])
-        return PushResult(task_id)
 
-    def push_with(self, opts: PushOptions, *args: P.args, **kwargs: P.kwargs) -> PushResult:
-        """``push`` with per-task options (``PushOptions``): its task id, and so on."""
+        Returns an ``AsyncResult`` (``.task_id``; ``.get()`` with ``result_ttl_s > 0``). With
+        ``result_ttl_s > 0`` the task's ``pending`` status is stored first; with
+        ``dedupe_ttl_s > 0`` a call that succeeded that recently is not sent (the result says
+        ``deduplicated``). Those store round trips raise ``StateStoreError`` on failure.
+        """
+        return self._push_one(args, kwargs, "")
+
+    def push_with(self, opts: PushOptions, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
+        """``push`` with per-task options (``PushOptions``): its task id, and so on. A given
+        ``task_id`` is also the call's dedupe fingerprint."""
         if not isinstance(opts, PushOptions):
             raise ConfigurationError(f"push_with takes a PushOptions first, got {opts!r}")
-        body, task_id = self._codec.encode_call(args, kwargs, task_id=opts.task_id)
+        return self._push_one(args, kwargs, opts.task_id)
+
+    def _push_one(self, args: Any, kwargs: Any, task_id: str) -> AsyncResult[R]:
+        fp = ""
+        if self.options.dedupe_ttl_s > 0:
+            fp, earlier = self._dedupe(args, kwargs, task_id)
+            if earlier is not None:
+                return self._async(earlier, deduplicated=True)
+        body, task_id = self._codec.encode_call(args, kwargs, task_id=task_id, fingerprint=fp)
+        self._mark_pending([task_id])
         self._publish([body])
-        return PushResult(task_id)
+        return self._async(task_id)
+
+    def _dedupe(self, args: Any, kwargs: Any, task_id: str) -> tuple[str, str | None]:
+        """The call's fingerprint and the id of the task that succeeded with it, if any."""
+        if task_id:
+            fp = "id:" + task_id
+        else:
+            try:
+                fp = fingerprint(tuple(args), dict(kwargs))
+            except EncodeError:
+                return "", None  # encode_call names the argument that has no JSON form
+        earlier = self._need_state("dedupe").get(dedupe_key(self.queue_name, fp))
+        return fp, earlier.decode() if earlier is not None else None
+
+    def _mark_pending(self, task_ids: list[str]) -> None:
+        ttl_s = self.options.result_ttl_s
+        if ttl_s > 0 and task_ids:
+            sets = [(result_key(self.queue_name, t), PENDING, ttl_s) for t in task_ids]
+            self._need_state("results").write_batch(sets, [])
+
+    def _async(self, task_id: str, *, deduplicated: bool = False) -> AsyncResult[R]:
+        return AsyncResult(
+            task_id,
+            queue_name=self.queue_name,
+            store=self._state if self.options.result_ttl_s > 0 else None,
+            decoder=self._return_decoder,
+            deduplicated=deduplicated,
+        )
+
+    def _need_state(self, feature: str) -> StateStore:
+        if self._state is None:
+            raise ConfigurationError(
+                f"{feature} on queue {self.queue_name!r} needs a state store: set state_url "
+                f"(a Redis URL) for broker_kind {str(self.options.broker_kind)!r}"
+            )
+        return self._state
+
+    # ----------------------------------------------------------------- results and pause
+    def result(self, task_id: str) -> AsyncResult[R]:
+        """The ``AsyncResult`` of a task of this queue by its id, from any process sharing the
+        state store. Raises ``ConfigurationError`` when the booster has no store."""
+        return AsyncResult(
+            task_id,
+            queue_name=self.queue_name,
+            store=self._need_state("result"),
+            decoder=self._return_decoder,
+        )
+
+    def pause(self) -> None:
+        """Pause the queue fleet-wide: every worker of it sharing the state store starts no new
+        call within 1 s (calls in flight finish; fetched, unstarted messages go back). The flag
+        is stored without expiry: it outlives worker restarts until ``resume``. Raises
+        ``ConfigurationError`` without a store, ``StateStoreError``."""
+        self._need_state("pause").set(paused_key(self.queue_name), b"1")
+        self._log.info("queue paused")
+
+    def resume(self) -> None:
+        """Undo ``pause``: workers start calls again within 1 s."""
+        self._need_state("resume").delete(paused_key(self.queue_name))
+        self._log.info("queue resumed")
+
+    def is_paused(self) -> bool:
+        return self._need_state("is_paused").get(paused_key(self.queue_name)) is not None
 
     def push_many(
         self, calls: Iterable[Sequence[Any] | Mapping[str, Any]], *, chunk_size: int = 1000
-    ) -> list[PushResult]:
+    ) -> list[AsyncResult[R]]:
         """Send many calls in batches of ``chunk_size`` (one broker round trip per batch).
 
         Each item is a tuple/list of positional arguments or a dict of keyword arguments.
         Every call is checked before anything is sent. The same retry policy as ``push``
         applies to each batch (a retry sends only what the broker had not accepted yet). On
         ``PublishError``, the items before index ``PublishError.accepted`` are in the queue
-        and the others are not.
+        and the others are not. With dedupe on, items that are deduplicated are not sent (their
+        results say so) and ``accepted`` counts the items sent.
         """
         if chunk_size < 1:
             raise ConfigurationError(f"chunk_size must be >= 1, got {chunk_size!r}")
         bodies: list[bytes] = []
-        results: list[PushResult] = []
+        results: list[AsyncResult[R]] = []
         for item in calls:
             if isinstance(item, Mapping):
-                body, task_id = self._codec.encode_call((), dict(item))
+                args, kwargs = (), dict(item)
             elif isinstance(item, (list, tuple)):
-                body, task_id = self._codec.encode_call(tuple(item), {})
+                args, kwargs = tuple(item), {}
             else:
                 raise EncodeError(
                     "push_many items must be a tuple/list of positional arguments or a dict "
                     f"of keyword arguments, got {item!r}"
                 )
+            fp = ""
+            if self.options.dedupe_ttl_s > 0:
+                fp, earlier = self._dedupe(args, kwargs, "")
+                if earlier is not None:
+                    results.append(self._async(earlier, deduplicated=True))
+                    continue
+            body, task_id = self._codec.encode_call(args, kwargs, fingerprint=fp)
             bodies.append(body)
-            results.append(PushResult(task_id))
+            results.append(self._async(task_id))
+        self._mark_pending([r.task_id for r in results if not r.deduplicated])
         for start in range(0, len(bodies), chunk_size):
             try:
                 self._publish(bodies[start : start + chunk_size], first_index=start)
@@ -213,7 +305,7 @@ class Booster(Generic[P, R]):
         """
         if self._engine is not None and not self._engine.stopping:
             return
-        self._engine = Engine(self.options, self._broker, self._codec)
+        self._engine = Engine(self.options, self._broker, self._codec, self._state)
         self._engine.start()
         if self.options.handle_signals:
             signals.watch(self)
@@ -385,6 +477,17 @@ def _split_requeueable(
             movable.append(delivery)
             originals.append(original)
     return movable, originals, keep
+
+
+def _check_state_needs(options: BoostOptions[Any, Any], state: StateStore | None) -> None:
+    if state is not None:
+        return
+    needs = [n for n in ("result_ttl_s", "dedupe_ttl_s") if getattr(options, n) > 0]
+    if needs:
+        raise ConfigurationError(
+            f"{' and '.join(needs)} need a state store, and broker_kind "
+            f"{str(options.broker_kind)!r} has none of its own: set state_url (a Redis URL)"
+        )
 
 
 def new_booster(options: BoostOptions[P, R]) -> Booster[P, R]:

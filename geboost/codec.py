@@ -46,6 +46,7 @@ class _RawTask(msgspec.Struct, kw_only=True):
     args: list[msgspec.Raw] = msgspec.field(default_factory=list)
     kwargs: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
     publish_time: float = 0.0
+    fingerprint: str = ""
 
 
 _raw_decoder = msgspec.json.Decoder(_RawTask)
@@ -146,7 +147,12 @@ class CallCodec:
 
     # ----------------------------------------------------------------- producing
     def encode_call(
-        self, args: tuple[Any, ...], kwargs: dict[str, Any], *, task_id: str = ""
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        task_id: str = "",
+        fingerprint: str = "",
     ) -> tuple[bytes, str]:
         """The body of one call and its task id.
 
@@ -165,6 +171,7 @@ class CallCodec:
         message = make_task(args, kwargs)
         if task_id:
             message.task_id = task_id
+        message.fingerprint = fingerprint
         try:
             body = _encoder.encode(message)
         except Exception as exc:
@@ -265,7 +272,9 @@ class CallCodec:
             raw = _raw_decoder.decode(body)
         except Exception as exc:
             raise not_a_task(exc, body) from exc
-        message = TaskMessage(task_id=raw.task_id, publish_time=raw.publish_time)
+        message = TaskMessage(
+            task_id=raw.task_id, publish_time=raw.publish_time, fingerprint=raw.fingerprint
+        )
         message.args = [self._convert(self._param_at(i), r, raw) for i, r in enumerate(raw.args)]
         message.kwargs = {
             k: self._convert(self._param_named(k), r, raw) for k, r in raw.kwargs.items()

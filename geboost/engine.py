@@ -14,13 +14,20 @@ Waiting jobs hold no slot and no greenlet: they sit in one heap ordered by due t
 starts the due ones at its next step, and every puller's fetch ends by the earliest due time,
 so a retry starts on time even when the queue is empty.
 
+The state store (``geboost.state``), when the booster has one: a watcher greenlet reads the
+queue's pause flag every 0.5 s (pullers neither fetch nor start calls while it is set), and,
+with ``result_ttl_s`` or ``dedupe_ttl_s`` > 0, ``recorder`` hears of each call's start, retry,
+success and dead letter (batched writes, none on the call's path) and acks without calling a
+message whose fingerprint already succeeded. Without those options a call costs no store
+round trip.
+
 Stopping (``stop``), in this order, so that a message is given back only if its call never
 started or was interrupted, and never while its call still runs:
 1. ``stopping`` is set: from now on no call starts. A fetch that returns after this gives its
    messages back unstarted; waiting jobs are given back (a pending dead-letter write is tried
    once more first).
 2. Running calls get ``timeout_s`` to finish; those still running are killed, and their
-   messages given back.
+   messages given back; the statuses recorded so far are written (up to 5 s).
 3. ``drained`` is set: pullers send their last acks and requeues and close their receivers.
 When ``stop`` returns, no call of this engine runs any more.
 """
@@ -44,23 +51,33 @@ from gevent.pool import Group
 
 from geboost.brokers.base import Broker, dead_letter_queue
 from geboost.codec import CallCodec
-from geboost.errors import BrokerError, DecodeError
+from geboost.errors import BrokerError, DecodeError, StateStoreError
 from geboost.log import queue_logger
 from geboost.message import DeadLetter, TaskMessage, encode
 from geboost.options import BoostOptions
 from geboost.puller import Job, Puller
 from geboost.ratelimit import LeakyBucket
+from geboost.state.base import StateStore
+from geboost.state.keys import paused_key
+from geboost.state.recorder import TaskRecorder
 
 __all__ = ["Engine"]
 
 _TRACEBACK_MAX_CHARS = 8000  # the tail of a long traceback is kept: it ends where it failed
 _DEAD_LETTER_FIRST_RETRY_S = 1.0  # then doubling, up to reconnect_interval_s
+_PAUSE_CHECK_S = 0.5  # how often the pause flag is read: pause/resume reach a worker in < 1 s
 
 
 class Engine:
     """Runs one booster's consumption; created by ``Booster.consume``."""
 
-    def __init__(self, options: BoostOptions[Any, Any], broker: Broker, codec: CallCodec) -> None:
+    def __init__(
+        self,
+        options: BoostOptions[Any, Any],
+        broker: Broker,
+        codec: CallCodec,
+        state: StateStore | None = None,
+    ) -> None:
         self.options = options
         self.broker = broker
         self.queue_name = options.queue_name
@@ -78,6 +95,21 @@ class Engine:
         self._puller_greenlets: list[Greenlet[Any, None]] = []
         self._waiting: list[tuple[float, int, Job]] = []  # heap of (due, tie-breaker, job)
         self._order = itertools.count()
+        # The state store: None when the booster has none (then no pause watcher runs).
+        self.state = state
+        self.recorder: TaskRecorder | None = None
+        if state is not None and (options.result_ttl_s > 0 or options.dedupe_ttl_s > 0):
+            self.recorder = TaskRecorder(
+                state,
+                options.queue_name,
+                result_ttl_s=options.result_ttl_s,
+                dedupe_ttl_s=options.dedupe_ttl_s,
+                log=self.log,
+            )
+        self._resumed = Event()  # clear while the queue is paused
+        if state is None:
+            self._resumed.set()  # else the pause watcher's first read decides
+        self._pause_watcher: Greenlet[Any, None] | None = None
         if options.qps_limit > 0:
             # About one second of work at most per fetch, so a slow rate holds few messages.
             self.batch_cap = min(options.fetch_batch, max(1, math.ceil(options.qps_limit)))
@@ -95,12 +127,55 @@ class Engine:
             puller = Puller(self, index, receiver)
             self.pullers.append(puller)
             self._puller_greenlets.append(gevent.spawn(puller.run))
+        if self.state is not None:
+            self._pause_watcher = gevent.spawn(self._watch_pause, self.state)
         self.log.info(
             "consuming with {} connection(s), pool of {}, qps_limit {}",
             self.options.conn_num,
             self.options.concurrent_num,
             self.options.qps_limit or "unlimited",
         )
+
+    # ----------------------------------------------------------------- pause (fleet-wide)
+    @property
+    def paused(self) -> bool:
+        return not self._resumed.is_set()
+
+    def wait_resumed(self, timeout_s: float) -> bool:
+        """Sleep up to ``timeout_s`` while paused; True at once when not (or no longer) paused."""
+        return bool(self._resumed.wait(timeout_s))
+
+    def _watch_pause(self, state: StateStore) -> None:
+        """Read the queue's pause flag every ``_PAUSE_CHECK_S``; pullers do not fetch and do
+        not start calls while it is set. Until the first read, the engine counts as paused (a
+        worker started while the queue is paused must not take a message first); a store that
+        fails leaves the last state known (not paused, if it failed from the start)."""
+        key = paused_key(self.queue_name)
+        failing = False
+        first = True
+        while not self.stopping:
+            try:
+                paused = state.get(key) is not None
+            except StateStoreError as exc:
+                if not failing:
+                    self.log.warning("could not read the pause flag: {}; keeping the last", exc)
+                failing = True
+                if first:
+                    self._resumed.set()
+            else:
+                failing = False
+                self._set_paused(paused, first)
+            first = False
+            self.wait_stopping(_PAUSE_CHECK_S)
+
+    def _set_paused(self, paused: bool, first: bool) -> None:
+        if paused and (first or not self.paused):
+            self._resumed.clear()
+            self.log.info("paused: no new call starts until resume()")
+        elif not paused and self.paused:
+            self._resumed.set()
+            if not first:
+                self.log.info("resumed")
 
     @property
     def stopping(self) -> bool:
@@ -133,6 +208,8 @@ class Engine:
             self.calls.kill(block=True, timeout=5)
             if self.calls:
                 self.log.error("{} call(s) ignored the interruption and still run", len(self.calls))
+        if self.recorder is not None:
+            self.recorder.flush(timeout_s=5.0)
         self.drained.set()
         # Pullers leave after their current fetch (at most poll_timeout_s) and close their
         # receivers themselves; bounded so that a dead broker cannot make stop() hang.
@@ -140,6 +217,8 @@ class Engine:
         for g in self._puller_greenlets:
             if not g.dead:
                 g.kill(block=False)
+        if self._pause_watcher is not None:
+            self._pause_watcher.kill(block=False)
         self.broker.close()
         self._stopped.set()
         self.log.info("stopped")
@@ -221,8 +300,15 @@ class Engine:
                 job.error, job.attempt = exc, 0
                 self._dead_letter(job)
                 return
+        recorder = self.recorder
+        if recorder is not None:
+            if job.attempt == 1 and self._done_before(job, recorder, message):
+                return
+            recorder.started(message)
         error, final = self._call(job, message)
         if error is None:
+            if recorder is not None:
+                recorder.succeeded(message, job.value)
             job.puller.ack(job.delivery)
             return
         job.error = error
@@ -239,7 +325,24 @@ class Engine:
             delay_s,
         )
         job.attempt += 1
+        if recorder is not None:
+            recorder.retrying(message)
         self._wait(job, delay_s)
+
+    def _done_before(self, job: Job, recorder: TaskRecorder, message: TaskMessage) -> bool:
+        """Dedupe at consume: True (and the message acked, not run) if a call with the same
+        fingerprint succeeded within ``dedupe_ttl_s``. A store that fails lets the call run."""
+        try:
+            earlier = recorder.done_before(message)
+        except StateStoreError as exc:
+            job.puller.log_for(job).warning("dedupe check failed ({}); running the call", exc)
+            return False
+        if earlier is None:
+            return False
+        job.puller.log_for(job).info("skipped: the same call succeeded as task {}", earlier)
+        recorder.skipped(message, earlier)
+        job.puller.ack(job.delivery)
+        return True
 
     def _call(self, job: Job, message: TaskMessage) -> tuple[BaseException | None, bool]:
         """Call the user's function: (what it raised or None, whether a retry cannot help)."""
@@ -248,10 +351,10 @@ class Engine:
         started = time.monotonic() if timer is not None else 0.0
         try:
             if timer is None:
-                result = self._func(*message.args, **message.kwargs)
+                result = job.value = self._func(*message.args, **message.kwargs)
             else:
                 with timer:
-                    result = self._func(*message.args, **message.kwargs)
+                    result = job.value = self._func(*message.args, **message.kwargs)
         except GreenletExit:
             raise  # stop() is interrupting us; the message goes back to the queue
         except gevent.Timeout as exc:
@@ -328,6 +431,8 @@ class Engine:
             self.dead_letter_queue,
             "\n" + tb if tb else "",
         )
+        if self.recorder is not None:
+            self.recorder.failed(job.task_id, _error_type(error), str(error), tb)
         job.puller.ack(job.delivery)
         return True
 
@@ -336,6 +441,10 @@ def _describe(error: BaseException | None) -> str:
     if error is None:
         return "unknown error"
     return f"{type(error).__name__}: {error}"
+
+
+def _error_type(error: BaseException | None) -> str:
+    return type(error).__name__ if error is not None else "unknown error"
 
 
 def _format_traceback(error: BaseException | None) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "GeboostError",
     "MessageRefusedError",
     "PublishError",
+    "StateStoreError",
     "UnknownBrokerError",
 ]
 
@@ -91,3 +92,11 @@ class DecodeError(GeboostError, ValueError):
     """
 
     task_id: str = ""
+
+
+class StateStoreError(GeboostError):
+    """The state store (results, pause flags, dedupe marks) failed or could not be reached.
+
+    Raised by ``geboost.state`` after translating the driver's exception (redis-py's), never
+    the driver's own.
+    """

@@ -11,6 +11,7 @@ messages. Pickle is never used.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "decode_dead_letter",
     "decode_task",
     "encode",
+    "fingerprint",
     "make_task",
     "new_task_id",
     "not_a_task",
@@ -42,6 +44,8 @@ class TaskMessage(msgspec.Struct, kw_only=True):
     args: list[Any] = msgspec.field(default_factory=list)
     kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
     publish_time: float = 0.0
+    fingerprint: str = ""
+    """The call's dedupe fingerprint (``dedupe_ttl_s`` > 0 only; empty otherwise)."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):
@@ -82,6 +86,20 @@ def encode(obj: TaskMessage | DeadLetter) -> bytes:
         raise EncodeError(
             f"cannot encode task arguments as JSON: {type(exc).__name__}: {exc}"
         ) from exc
+
+
+_canonical = msgspec.json.Encoder(order="deterministic")
+
+
+def fingerprint(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The dedupe fingerprint of a call: a hash of the canonical msgspec JSON of
+    ``[args, kwargs]`` (dict keys sorted), so equal calls match whatever the keyword order.
+    Raises ``EncodeError`` for arguments with no JSON form."""
+    try:
+        canonical = _canonical.encode([list(args), kwargs])
+    except Exception as exc:
+        raise EncodeError(f"cannot fingerprint the call: {type(exc).__name__}: {exc}") from exc
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
 
 
 def make_task(args: tuple[Any, ...], kwargs: dict[str, Any]) -> TaskMessage:

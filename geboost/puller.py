@@ -12,6 +12,9 @@ it sends them in batches between fetches. Its loop, one ``_step`` at a time:
    time the next waiting job is due;
 4. start each fetched message, paced by the engine's leaky bucket.
 
+While the queue is paused (``Booster.pause``, read by the engine's watcher), a step fetches
+nothing and starts nothing; messages fetched when the pause arrives go back at once.
+
 A fetch that returns once ``stop`` has begun starts nothing: its messages go back at once. A
 broker error sends the puller to ``_reconnect``: log, then a new connection every
 ``reconnect_interval_s``, forever; acks of calls that finished meanwhile are kept and sent once
@@ -22,7 +25,7 @@ message): ``stop`` raises a flag and each puller leaves after its current fetch.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from geboost.brokers.base import Delivery, Receiver
 from geboost.errors import BrokerError
@@ -41,7 +44,7 @@ _BUSY_FETCH_S = 0.02  # fetch slice while this puller's calls run, so their acks
 class Job:
     """One message on its way through the engine, over one or more attempts."""
 
-    __slots__ = ("attempt", "delivery", "error", "message", "puller", "writes_failed")
+    __slots__ = ("attempt", "delivery", "error", "message", "puller", "value", "writes_failed")
 
     def __init__(self, puller: Puller, delivery: Delivery) -> None:
         self.puller = puller
@@ -50,6 +53,7 @@ class Job:
         self.attempt = 1  # the attempt the next call makes
         self.error: BaseException | None = None  # the last attempt's failure
         self.writes_failed = 0  # dead-letter writes that failed; > 0 means "to dead-letter"
+        self.value: Any = None  # what the last successful call returned
 
     @property
     def task_id(self) -> str:
@@ -100,6 +104,12 @@ class Puller:
     def _step(self) -> None:
         engine = self._engine
         self._flush()
+        if engine.paused:
+            # Paused fleet-wide: nothing is fetched (messages stay in the broker) and no
+            # waiting job starts; the connection is kept alive meanwhile.
+            engine.wait_resumed(_IDLE_WAIT_S)
+            self.receiver.keepalive()
+            return
         if not self._start_due():
             return
         want = min(engine.batch_cap, engine.slots.counter)
@@ -133,7 +143,7 @@ class Puller:
         started = 0
         try:
             for delivery in got:
-                if engine.stopping or not self._wait_start_time():
+                if engine.stopping or engine.paused or not self._wait_start_time():
                     break
                 started += 1
                 self._in_hand -= 1
@@ -145,7 +155,7 @@ class Puller:
                 for _ in rest:
                     engine.slots.release()
                 self.give_back(rest)
-                if engine.stopping:
+                if engine.stopping or engine.paused:
                     self._flush_quietly()  # back at once, not after the running calls end
 
     def _start_due(self) -> bool:

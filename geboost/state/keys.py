@@ -1,0 +1,30 @@
+"""Every key geboost writes in the state store, in one place (the README's key table mirrors
+this module). All carry the queue name after ``geboost:``, so that deleting ``geboost:<queue>:*``
+removes a queue's state with its bookkeeping."""
+
+from __future__ import annotations
+
+__all__ = ["DONE_CHANNEL", "dedupe_key", "done_channel", "paused_key", "result_key"]
+
+DONE_CHANNEL = "geboost:done"
+"""The notification channel: finished tasks' result keys are published on it (the Redis store
+sends one JSON array of them per batch)."""
+
+
+def result_key(queue_name: str, task_id: str) -> str:
+    """One task's status and outcome; expires after ``result_ttl_s``."""
+    return f"geboost:{queue_name}:result:{task_id}"
+
+
+def dedupe_key(queue_name: str, fingerprint: str) -> str:
+    """The id of the task that succeeded with this fingerprint; expires after ``dedupe_ttl_s``."""
+    return f"geboost:{queue_name}:dedupe:{fingerprint}"
+
+
+def paused_key(queue_name: str) -> str:
+    """Present while the queue is paused (no TTL: it survives worker restarts)."""
+    return f"geboost:{queue_name}:paused"
+
+
+def done_channel() -> str:
+    return DONE_CHANNEL

@@ -1,0 +1,96 @@
+"""The in-process state store: a dict with expiry times, and gevent Events for notifications.
+
+One store per memory namespace (the memory broker's ``broker_url``), shared by the boosters of
+the process that use it; nothing survives the process. Expired keys are dropped when read and
+by a sweep every ``_SWEEP_EVERY`` writes, so keys written per task cannot pile up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from gevent.event import Event
+
+__all__ = ["MemoryStateStore"]
+
+_SWEEP_EVERY = 1000
+
+
+class _Watch:
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def wait(self, timeout_s: float | None) -> bool:
+        got = bool(self.event.wait(timeout_s))
+        self.event.clear()
+        return got
+
+
+class MemoryStateStore:
+    """See the module docstring. Never fails, never blocks except in ``Watch.wait``."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or inf)
+        self._watchers: dict[tuple[str, str], list[Event]] = {}
+        self._writes = 0
+
+    def __repr__(self) -> str:
+        return f"MemoryStateStore({len(self._values)} keys)"
+
+    def get(self, key: str) -> bytes | None:
+        item = self._values.get(key)
+        if item is None:
+            return None
+        if item[1] <= time.monotonic():
+            del self._values[key]
+            return None
+        return item[0]
+
+    def set(self, key: str, value: bytes, *, ttl_s: float = 0.0) -> None:
+        expires = time.monotonic() + ttl_s if ttl_s > 0 else float("inf")
+        self._values[key] = (value, expires)
+        self._writes += 1
+        if self._writes % _SWEEP_EVERY == 0:
+            self._sweep()
+
+    def set_if_absent(self, key: str, value: bytes, *, ttl_s: float = 0.0) -> bool:
+        if self.get(key) is not None:
+            return False
+        self.set(key, value, ttl_s=ttl_s)
+        return True
+
+    def delete(self, key: str) -> bool:
+        return self._values.pop(key, None) is not None
+
+    def write_batch(
+        self, sets: Sequence[tuple[str, bytes, float]], notices: Sequence[tuple[str, str]]
+    ) -> None:
+        for key, value, ttl_s in sets:
+            self.set(key, value, ttl_s=ttl_s)
+        for channel, token in notices:
+            for event in self._watchers.get((channel, token), ()):
+                event.set()
+
+    @contextmanager
+    def watch(self, channel: str, token: str) -> Iterator[_Watch]:
+        event = Event()
+        events = self._watchers.setdefault((channel, token), [])
+        events.append(event)
+        try:
+            yield _Watch(event)
+        finally:
+            events.remove(event)
+            if not events:
+                del self._watchers[(channel, token)]
+
+    def close(self) -> None:
+        pass  # shared by the boosters of the namespace; nothing to release
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for key in [k for k, (_, expires) in self._values.items() if expires <= now]:
+            del self._values[key]

@@ -1,0 +1,272 @@
+"""The Redis state store (redis-py): plain keys with ``PX`` expiry, and notifications on
+pub/sub.
+
+Connections: one ``BlockingConnectionPool`` of at most ``pool_max_connections`` (greenlet-aware
+waits: gevent's ``LifoQueue``) for reads and writes, and, once something watches, ONE more
+connection held by a listener greenlet subscribed to the pattern ``geboost:*``. Watchers
+register a gevent ``Event`` per (channel, token) locally; the listener sets the ones a
+notification names. So 1,000 greenlets waiting for results use the pool plus one connection.
+
+Every call makes one attempt (redis-py's retries off, as for the broker); redis-py's errors
+become ``StateStoreError`` here and nowhere else. If the listener's connection breaks, it
+reconnects every second and, once subscribed again, wakes every watcher so that each reads its
+key again (a notification sent meanwhile is not lost, only late).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import gevent
+import msgspec
+from gevent.event import Event
+from gevent.queue import LifoQueue
+from redis import BlockingConnectionPool, ConnectionPool, Redis
+from redis.exceptions import RedisError
+
+from geboost.brokers.redis_config import RedisSettings, RedisTarget
+from geboost.errors import StateStoreError
+from geboost.log import queue_logger
+
+__all__ = ["RedisStateStore"]
+
+_PATTERN = "geboost:*"
+_tokens_encoder = msgspec.json.Encoder()
+_tokens_decoder = msgspec.json.Decoder(list[str])
+_BATCH_CHUNK = 500  # sets per script call: a long script would block the server meanwhile
+# One command for a batch: redis-py packs and parses one command instead of a pipeline of
+# SETs and PUBLISHes (measured: the pipeline halved consume-noop with results on). KEYS are
+# the keys; ARGV holds value, ttl_ms for each key, then channel, tokens pairs to publish.
+_WRITE_BATCH = """
+for i, key in ipairs(KEYS) do
+  local ttl = tonumber(ARGV[2 * i])
+  if ttl > 0 then
+    redis.call('SET', key, ARGV[2 * i - 1], 'PX', ttl)
+  else
+    redis.call('SET', key, ARGV[2 * i - 1])
+  end
+end
+for j = 2 * #KEYS + 1, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[j], ARGV[j + 1])
+end
+return #KEYS
+"""
+_RELISTEN_S = 1.0
+_LISTEN_SLICE_S = 1.0  # the listener looks at its closed flag this often
+
+
+class _Watch:
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def wait(self, timeout_s: float | None) -> bool:
+        got = bool(self.event.wait(timeout_s))
+        self.event.clear()
+        return got
+
+
+@contextmanager
+def _translated(action: str, where: str) -> Iterator[None]:
+    """redis-py's exceptions (and socket errors) become ``StateStoreError`` here."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StateStoreError(f"state store {where}: {action} failed: {exc}") from exc
+
+
+def _px(ttl_s: float) -> int | None:
+    return max(1, int(ttl_s * 1000)) if ttl_s > 0 else None
+
+
+class RedisStateStore:
+    """See the module docstring. Building it does not connect."""
+
+    def __init__(self, target: RedisTarget, settings: RedisSettings) -> None:
+        self.target = target
+        self.settings = settings
+        self._pool: BlockingConnectionPool | None = None
+        self._client: Redis | None = None
+        self._watchers: dict[tuple[str, str], list[Event]] = {}
+        self._listener: gevent.Greenlet[Any, None] | None = None
+        self._subscribed = Event()
+        self._closed = False
+        self._write_script: Any = None
+        self._log = queue_logger("-")
+
+    def __repr__(self) -> str:
+        return f"RedisStateStore({self.target.display})"
+
+    def _shared(self) -> Redis:
+        if self._client is None:
+            self._pool = BlockingConnectionPool(  # type: ignore[no-untyped-call]
+                connection_class=self.target.connection_class,
+                max_connections=self.settings.pool_max_connections,
+                timeout=self.settings.pool_timeout_s,
+                queue_class=LifoQueue,  # greenlet-aware waits for a free connection
+                **self.target.connection_kwargs,
+            )
+            self._client = Redis(connection_pool=self._pool)
+        return self._client
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[Redis]:
+        try:
+            with _translated(action, self.target.display):
+                yield self._shared()
+        except StateStoreError:
+            if self._pool is not None:
+                self._pool.disconnect(inuse_connections=False)
+            raise
+
+    def connection_count(self) -> int:
+        """Connections open now: the pool's plus the listener's (for tests and the dashboard)."""
+        pooled = len(getattr(self._pool, "_connections", ())) if self._pool is not None else 0
+        return pooled + (1 if self._listener is not None and not self._listener.dead else 0)
+
+    # ----------------------------------------------------------------- keys
+    def get(self, key: str) -> bytes | None:
+        with self._guard(f"get {key!r}") as client:
+            value = client.get(key)
+        if value is None:
+            return None
+        return value.encode() if isinstance(value, str) else bytes(value)
+
+    def set(self, key: str, value: bytes, *, ttl_s: float = 0.0) -> None:
+        with self._guard(f"set {key!r}") as client:
+            client.set(key, value, px=_px(ttl_s))
+
+    def set_if_absent(self, key: str, value: bytes, *, ttl_s: float = 0.0) -> bool:
+        with self._guard(f"set {key!r} if absent") as client:
+            return bool(client.set(key, value, px=_px(ttl_s), nx=True))
+
+    def delete(self, key: str) -> bool:
+        with self._guard(f"delete {key!r}") as client:
+            return bool(client.delete(key))
+
+    def write_batch(
+        self, sets: Sequence[tuple[str, bytes, float]], notices: Sequence[tuple[str, str]]
+    ) -> None:
+        if not sets and not notices:
+            return
+        # Tokens of one channel travel in one message, a JSON array (the listener splits it).
+        by_channel: dict[str, list[str]] = {}
+        for channel, token in notices:
+            by_channel.setdefault(channel, []).append(token)
+        with self._guard(f"write {len(sets)} key(s)") as client:
+            script = self._script(client)
+            for start in range(0, max(len(sets), 1), _BATCH_CHUNK):
+                chunk = sets[start : start + _BATCH_CHUNK]
+                args: list[Any] = []
+                for _, value, ttl_s in chunk:
+                    args += [value, _px(ttl_s) or 0]
+                if start + _BATCH_CHUNK >= len(sets):  # published after the last sets
+                    for channel, tokens in by_channel.items():
+                        args += [channel, _tokens_encoder.encode(tokens)]
+                script(keys=[key for key, _, _ in chunk], args=args)
+
+    def _script(self, client: Redis) -> Any:
+        if self._write_script is None:
+            self._write_script = client.register_script(_WRITE_BATCH)
+        return self._write_script
+
+    # ----------------------------------------------------------------- notifications
+    @contextmanager
+    def watch(self, channel: str, token: str) -> Iterator[_Watch]:
+        if not channel.startswith("geboost:"):
+            raise StateStoreError(f"watch: channel {channel!r} is outside geboost:*")
+        event = Event()
+        events = self._watchers.setdefault((channel, token), [])
+        events.append(event)
+        try:
+            self._ensure_listening()
+            yield _Watch(event)
+        finally:
+            events.remove(event)
+            if not events:
+                del self._watchers[(channel, token)]
+
+    def _ensure_listening(self) -> None:
+        """Start the listener once; return when it is subscribed (so the caller's read that
+        follows cannot miss a notification)."""
+        if self._listener is None or self._listener.dead:
+            self._listener = gevent.spawn(self._listen)
+        wait_s = self.settings.socket_connect_timeout_s + self.settings.socket_timeout_s
+        if not self._subscribed.wait(wait_s):
+            raise StateStoreError(
+                f"state store {self.target.display}: could not subscribe for notifications "
+                f"within {wait_s:g} s"
+            )
+
+    def _listen(self) -> None:
+        while not self._closed:
+            pool = ConnectionPool(
+                connection_class=self.target.connection_class,
+                max_connections=1,
+                **{**self.target.connection_kwargs, "health_check_interval": 0},
+            )
+            pubsub = Redis(connection_pool=pool).pubsub()  # type: ignore[no-untyped-call]
+            try:
+                pubsub.psubscribe(_PATTERN)
+                while not self._closed:
+                    message = pubsub.get_message(timeout=_LISTEN_SLICE_S)
+                    if message is not None:
+                        self._dispatch(message)
+            except (RedisError, OSError) as exc:
+                self._subscribed.clear()
+                self._log.warning(
+                    "state store {}: notification connection lost ({}); reconnecting",
+                    self.target.display,
+                    exc,
+                )
+                self._wake_all()  # each watcher reads its key again
+                gevent.sleep(_RELISTEN_S)
+            finally:
+                try:
+                    pubsub.close()
+                    pool.disconnect()
+                except (RedisError, OSError):
+                    pass
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "psubscribe":
+            if not self._subscribed.is_set():
+                self._subscribed.set()
+                self._wake_all()  # after a reconnect: what was sent meanwhile is read again
+            return
+        if kind != "pmessage":
+            return
+        channel = _text(message.get("channel"))
+        try:
+            tokens = _tokens_decoder.decode(message.get("data") or b"[]")
+        except msgspec.DecodeError:
+            return  # not ours: someone else publishing under geboost:*
+        for token in tokens:
+            for event in self._watchers.get((channel, token), ()):
+                event.set()
+
+    def _wake_all(self) -> None:
+        for events in self._watchers.values():
+            for event in events:
+                event.set()
+
+    def close(self) -> None:
+        """Stop the listener and drop the pool's idle connections (used again if needed)."""
+        self._closed = True
+        if self._listener is not None:
+            self._listener.kill(block=True, timeout=2)
+            self._listener = None
+        self._subscribed.clear()
+        self._closed = False
+        if self._pool is not None:
+            self._pool.disconnect(inuse_connections=False)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
