@@ -580,13 +580,18 @@ def main() -> int:
         "--brokers", default=",".join(BROKERS), help="comma-separated, default: all"
     )
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--run-id",
+        default=f"geboost-bench-{uuid.uuid4().hex[:8]}",
+        help="prefix of the run's queue names (the test suite passes its session tag)",
+    )
     args = parser.parse_args()
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = set(brokers) - set(BROKERS)
     if unknown:
         parser.error(f"unknown broker(s) {sorted(unknown)}; choose from {BROKERS}")
     sizes = QUICK if args.quick else Sizes()
-    run_id = f"geboost-bench-{uuid.uuid4().hex[:8]}"
+    run_id = args.run_id
     started = time.monotonic()
     with http_server(sizes.http_delay_s) as url:
         bench = Bench(sizes, run_id, url)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tests.support import (
     python_cmd,
     running,
     skip_or_fail,
+    unique_name,
     wait_for,
 )
 
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def qname() -> Iterator[str]:
     if not port_open("127.0.0.1", 5672):
         skip_or_fail("no RabbitMQ server answers on 127.0.0.1:5672")
-    name = f"test-rmqfault-{uuid.uuid4().hex[:10]}"
+    name = unique_name("test-rmqfault")
     yield name
     cleaner = RabbitMQBroker(BrokerConfig(broker_url=RABBIT))
     cleanup_queues(cleaner, name)

@@ -32,7 +32,15 @@ from geboost.brokers.base import get_broker_factory
 from geboost.brokers.rabbitmq import RabbitMQBroker
 from geboost.brokers.rabbitmq_config import RabbitSettings
 from geboost.message import DeadLetter, decode_task, encode, make_task
-from tests.support import cleanup_queues, drain, free_port, port_open, skip_or_fail, wait_for
+from tests.support import (
+    cleanup_queues,
+    drain,
+    free_port,
+    port_open,
+    skip_or_fail,
+    unique_name,
+    wait_for,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -47,7 +55,7 @@ def rabbit() -> None:
 
 @pytest.fixture
 def qname(rabbit: None) -> Iterator[str]:
-    name = f"test-rmq-{uuid.uuid4().hex[:12]}"
+    name = unique_name("test-rmq")
     yield name
     cleaner = RabbitMQBroker(BrokerConfig(broker_url=URL))
     cleanup_queues(cleaner, name)
@@ -134,10 +142,10 @@ def test_password_is_never_shown(rabbit: None) -> None:
     sink = logger.add(lambda m: records.append(str(m)), level="DEBUG")
     try:
         b = RabbitMQBroker(BrokerConfig(broker_url=url))
-        r = b.open_receiver("never-created-" + uuid.uuid4().hex[:6])
+        r = b.open_receiver(unique_name("never-created"))
         shown = [repr(b), repr(r), repr(b.settings), b.settings.masked_url]
         with pytest.raises(BrokerAuthenticationError) as publish_error:
-            b.publish("never-created", [b"x"])  # wrong password: refused by the server
+            b.publish(unique_name("never-created"), [b"x"])  # wrong password: refused by the server
         with pytest.raises(BrokerAuthenticationError) as fetch_error:
             r.fetch(1, 0.1)
         shown += [str(publish_error.value), str(fetch_error.value)]
