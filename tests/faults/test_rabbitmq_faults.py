@@ -134,7 +134,9 @@ def test_network_cut_longer_than_reconnect_interval(qname: str, tmp_path: Path) 
         assert wait_for(lambda: len(recorded(record)) >= 100, 60)
         proxy.sever()
         cut_at = len(recorded(record))
-        time.sleep(3.5)  # > 3 reconnect intervals of 1 s; the proxy refuses meanwhile
+        # The proxy refuses meanwhile: wait until a puller failed to reconnect 3 times, so the
+        # cut lasted more than 3 reconnect intervals of 1 s.
+        assert wait_for(lambda: log.read_text().count("puller 0 could not reconnect") >= 3, 30)
         assert worker.poll() is None
         during_cut = len(recorded(record)) - cut_at
         proxy.restore()
