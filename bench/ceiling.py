@@ -244,9 +244,10 @@ def cleanup(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("redis_prefix"):
         try:
             client = redis.Redis(host="127.0.0.1", port=6379)
-            keys = list(client.scan_iter(match=spec["redis_prefix"] + "*", count=1000))
-            # geboost's own keys of those queues: leases, results (geboost:<queue>:...).
-            keys += client.scan_iter(match="geboost:" + spec["redis_prefix"] + "*", count=1000)
+            prefix = spec["redis_prefix"]
+            keys = list(client.scan_iter(match=prefix + "*", count=1000))
+            # geboost's bookkeeping of each queue (leases, held lists) outlives the queue.
+            keys += client.scan_iter(match=f"geboost:{prefix}*", count=1000)
             deleted += client.delete(*keys) if keys else 0
         except redis.RedisError:
             pass

@@ -636,13 +636,18 @@ def main() -> int:
         default="",
         help="comma-separated steps to run (ceilings, publish, consume-noop, qps, results, ...)",
     )
+    parser.add_argument(
+        "--run-id",
+        default=f"geboost-bench-{uuid.uuid4().hex[:8]}",
+        help="prefix of the run's queue names (the test suite passes its session tag)",
+    )
     args = parser.parse_args()
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = set(brokers) - set(BROKERS)
     if unknown:
         parser.error(f"unknown broker(s) {sorted(unknown)}; choose from {BROKERS}")
     sizes = QUICK if args.quick else Sizes()
-    run_id = f"geboost-bench-{uuid.uuid4().hex[:8]}"
+    run_id = args.run_id
     started = time.monotonic()
     with http_server(sizes.http_delay_s) as url:
         bench = Bench(sizes, run_id, url)

@@ -140,7 +140,8 @@ def cleanup_queues(broker: object, queue_name: str) -> None:
 def _delete_redis_bookkeeping(new_pool: Any, queue_name: str) -> None:
     import redis
 
-    client = redis.Redis(connection_pool=new_pool(1))
+    pool = new_pool(1)
+    client = redis.Redis(connection_pool=pool)
     try:
         for name in (queue_name, queue_name + ".dlq"):
             keys = list(client.scan_iter(f"geboost:{name}:*", 1000))
@@ -150,6 +151,7 @@ def _delete_redis_bookkeeping(new_pool: Any, queue_name: str) -> None:
         pass  # a server a test stopped: nothing shared to clean
     finally:
         client.close()
+        pool.disconnect()  # a pool passed in is not closed with its client
 
 
 def drain(receiver: Any, want: int, timeout_s: float = 5.0) -> list[Any]:

@@ -18,7 +18,7 @@ from gevent import GreenletExit
 
 from geboost import Booster, BoostOptions, new_booster
 from tests.contract.conftest import BrokerSpec
-from tests.support import cleanup_queues
+from tests.support import cleanup_queues, wait_for
 
 
 class _Record:
@@ -27,6 +27,7 @@ class _Record:
     def __init__(self) -> None:
         self.events: dict[int, list[tuple[str, str]]] = {}
         self.running: dict[str, int] = {"A": 0, "B": 0}
+        self.started: dict[str, int] = {"A": 0, "B": 0}
         self.started_after_stop: list[int] = []
         self.stop_called = False
 
@@ -35,6 +36,7 @@ class _Record:
             if tag == "A" and self.stop_called:
                 self.started_after_stop.append(i)
             self.events.setdefault(i, []).append(("start", tag))
+            self.started[tag] += 1
             self.running[tag] += 1
             try:
                 gevent.sleep(random.uniform(0.0, longest_call_s))
@@ -92,7 +94,9 @@ def _round(spec: BrokerSpec, queue_name: str, longest_call_s: float, stop_timeou
                 gevent.sleep(0.01)
 
         producer = gevent.spawn(produce, 1.2)
-        gevent.sleep(random.uniform(0.4, 0.6))
+        # Stop at a random point of the flow: once A started a random number of calls.
+        stop_after_starts = random.randint(5, 60)
+        assert wait_for(lambda: record.started["A"] >= stop_after_starts, 20)
         record.stop_called = True
         a.stop(timeout_s=stop_timeout_s)
         assert record.running["A"] == 0  # when stop() returns, nothing of A runs

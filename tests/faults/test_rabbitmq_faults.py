@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tests.support import (
     python_cmd,
     running,
     skip_or_fail,
+    unique_name,
     wait_for,
 )
 
@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def qname() -> Iterator[str]:
     if not port_open("127.0.0.1", 5672):
         skip_or_fail("no RabbitMQ server answers on 127.0.0.1:5672")
-    name = f"test-rmqfault-{uuid.uuid4().hex[:10]}"
+    name = unique_name("test-rmqfault")
     yield name
     cleaner = RabbitMQBroker(BrokerConfig(broker_url=RABBIT))
     cleanup_queues(cleaner, name)
@@ -134,7 +134,9 @@ def test_network_cut_longer_than_reconnect_interval(qname: str, tmp_path: Path) 
         assert wait_for(lambda: len(recorded(record)) >= 100, 60)
         proxy.sever()
         cut_at = len(recorded(record))
-        time.sleep(3.5)  # > 3 reconnect intervals of 1 s; the proxy refuses meanwhile
+        # The proxy refuses meanwhile: wait until a puller failed to reconnect 3 times, so the
+        # cut lasted more than 3 reconnect intervals of 1 s.
+        assert wait_for(lambda: log.read_text().count("puller 0 could not reconnect") >= 3, 30)
         assert worker.poll() is None
         during_cut = len(recorded(record)) - cut_at
         proxy.restore()

@@ -137,6 +137,22 @@ def done(*records: Path) -> set[int]:
     return {i for (kind, i) in events(*records) if kind == "done"}
 
 
+_NO_RECONNECT = "puller 0 could not reconnect"
+
+
+def _log_count(log: Path, text: str) -> int:
+    return log.read_text(errors="replace").count(text)
+
+
+def _lease_expiry_by_pid(client: Any, queue: str) -> dict[int, float]:
+    """Per worker process: the earliest lease expiry (server ms) of its consumers."""
+    out: dict[int, float] = {}
+    for member, expiry_ms in client.zrange(leases_key(queue), 0, -1, withscores=True):
+        pid = int(member.decode().split(":")[1])
+        out[pid] = min(out.get(pid, expiry_ms), expiry_ms)
+    return out
+
+
 def _spawn(cmd: list[str], log: Path) -> Any:
     out = open(log, "ab")
     return running(cmd, cwd=str(ROOT), stdout=out, stderr=subprocess.STDOUT), out
@@ -207,7 +223,8 @@ def test_worker_survives_redis_going_away(workdir: Path, how: str) -> None:
             server.stop(signal.SIGTERM if how == "stopped" else signal.SIGKILL)
             down_at = time.monotonic()
             done_before = len(done(record))
-            time.sleep(3.0)  # > reconnect_interval_s (1 s): the pullers retry several times
+            # Down until a puller failed to reconnect twice (> 2 reconnect intervals of 1 s).
+            assert wait_for(lambda: _log_count(workdir / "worker.log", _NO_RECONNECT) >= 2, 30)
             assert worker.poll() is None, "the worker exited while Redis was down"
             server.start()
             up_at = time.monotonic()
@@ -255,7 +272,8 @@ def test_worker_resumes_after_redis_restarts_empty(workdir: Path) -> None:
             server.stop(signal.SIGKILL)
             shutil.rmtree(server.directory)
             os.mkdir(server.directory)
-            time.sleep(2.0)
+            # Down until the worker noticed: it must come back by itself, not by luck.
+            assert wait_for(lambda: _log_count(workdir / "worker.log", _NO_RECONNECT) >= 1, 30)
             server.start()
             prod.push_many([(i, 0.0) for i in range(1000, 1050)])
             resumed = wait_for(lambda: set(range(1000, 1050)) <= done(record), 60)
@@ -314,17 +332,26 @@ def test_long_call_on_live_worker_runs_once(server: PrivateRedis, workdir: Path)
             client.lpush(held_key(queue, "ghost:1:dead"), encode(make_task((1, 0.0), {})))
             prod.push_many([(i, 0.05) for i in range(2, 40)])
             assert wait_for(lambda: {0, 1} <= done(*records), 60)
-            time.sleep(2 * RECOVERY_BOUND_S)  # would a late redelivery happen? give it time
+            # Would a late redelivery happen? Wait until both live workers renewed their leases
+            # 2 x RECOVERY_BOUND_S further (by the server's clock): time enough, both alive.
+            start = _lease_expiry_by_pid(client, queue)
+            assert {a.pid, b.pid} <= set(start)  # both consumers were live and renewing leases
+            later = {pid: start[pid] + 2 * RECOVERY_BOUND_S * 1000 for pid in (a.pid, b.pid)}
+            assert wait_for(
+                lambda: all(
+                    _lease_expiry_by_pid(client, queue).get(pid, 0) >= expiry_ms
+                    for pid, expiry_ms in later.items()
+                ),
+                30,
+            )
             seen = events(*records)
-            pids = {int(m.decode().split(":")[1]) for m in client.zrange(leases_key(queue), 0, -1)}
             assert a.poll() is None and b.poll() is None
-            assert {a.pid, b.pid} <= pids  # both consumers were live and renewing leases
         print(
             f"\n[fault 4] a {long_s:.1f} s call (lease 1 s, recovery every 0.25 s) started "
             f"{seen[('start', 0)]} time(s); the dead consumer's message ran {seen[('done', 1)]}"
         )
         assert seen[("start", 0)] == 1 and seen[("done", 0)] == 1
-        assert seen[("done", 1)] >= 1
+        assert seen[("done", 1)] == 1  # recovered once, never lost, never run twice
         assert done(*records) == set(range(40))
     finally:
         client.close()

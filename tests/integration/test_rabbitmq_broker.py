@@ -32,7 +32,15 @@ from geboost.brokers.base import get_broker_factory
 from geboost.brokers.rabbitmq import RabbitMQBroker
 from geboost.brokers.rabbitmq_config import RabbitSettings
 from geboost.message import DeadLetter, decode_task, encode, make_task
-from tests.support import cleanup_queues, drain, free_port, port_open, skip_or_fail, wait_for
+from tests.support import (
+    cleanup_queues,
+    drain,
+    free_port,
+    port_open,
+    skip_or_fail,
+    unique_name,
+    wait_for,
+)
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -47,7 +55,7 @@ def rabbit() -> None:
 
 @pytest.fixture
 def qname(rabbit: None) -> Iterator[str]:
-    name = f"test-rmq-{uuid.uuid4().hex[:12]}"
+    name = unique_name("test-rmq")
     yield name
     cleaner = RabbitMQBroker(BrokerConfig(broker_url=URL))
     cleanup_queues(cleaner, name)
@@ -70,12 +78,7 @@ def bodies(n: int, tag: str = "m") -> list[bytes]:
 
 
 def wait_count(b: RabbitMQBroker, q: str, n: int, timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while b.count(q) != n:
-        if time.monotonic() > deadline:
-            return False
-        gevent.sleep(0.05)
-    return True
+    return wait_for(lambda: b.count(q) == n, timeout_s)
 
 
 # ---------------------------------------------------------------- configuration (no server)
@@ -134,10 +137,10 @@ def test_password_is_never_shown(rabbit: None) -> None:
     sink = logger.add(lambda m: records.append(str(m)), level="DEBUG")
     try:
         b = RabbitMQBroker(BrokerConfig(broker_url=url))
-        r = b.open_receiver("never-created-" + uuid.uuid4().hex[:6])
+        r = b.open_receiver(unique_name("never-created"))
         shown = [repr(b), repr(r), repr(b.settings), b.settings.masked_url]
         with pytest.raises(BrokerAuthenticationError) as publish_error:
-            b.publish("never-created", [b"x"])  # wrong password: refused by the server
+            b.publish(unique_name("never-created"), [b"x"])  # wrong password: refused by the server
         with pytest.raises(BrokerAuthenticationError) as fetch_error:
             r.fetch(1, 0.1)
         shown += [str(publish_error.value), str(fetch_error.value)]
@@ -173,13 +176,16 @@ def test_default_prefetch_is_the_engine_window(broker: RabbitMQBroker, qname: st
     a, b = broker.open_receiver(qname, window=2), broker.open_receiver(qname, window=2)
     try:
         first = drain(a, 1)
-        gevent.sleep(0.2)
         a.keepalive()
         assert wait_count(broker, qname, 4)  # 1 handed out + 1 prefetched; 4 still waiting
         second = drain(b, 2)
-        assert len(first) == 1 and len(second) == 2
-        a.ack(first)
         b.ack(second)
+        third = drain(b, 2)  # b's window holds 2 at a time
+        # a never took more than its window: b got all 4 others, and none is left waiting.
+        assert len(first) == 1 and len(second) == 2 and len(third) == 2
+        assert broker.count(qname) == 0
+        a.ack(first)
+        b.ack(third)
     finally:
         a.close()
         b.close()
@@ -327,11 +333,11 @@ def test_consumer_cancelled_by_queue_deletion_reconnects(
 def test_queue_arguments_apply_to_the_work_queue_not_the_dlq(qname: str) -> None:
     b = make(queue_arguments={"x-message-ttl": 1})
     try:
-        b.publish(qname, bodies(3))
         b.publish(qname + ".dlq", bodies(2))
+        b.publish(qname, bodies(3))
         assert wait_count(b, qname, 0)  # expired after 1 ms
-        gevent.sleep(0.2)
-        assert b.count(qname + ".dlq") == 2  # dead letters keep
+        # The dead letters are older than the work messages that expired: they keep.
+        assert b.count(qname + ".dlq") == 2
         plain = make()
         with pytest.raises(BrokerError, match="x-message-ttl"):
             plain.publish(qname, bodies(1))  # RabbitMQ refuses different arguments
@@ -429,12 +435,8 @@ def test_an_unused_publisher_connection_is_closed_then_reopened(
     b = make()
     try:
         b.publish(qname, bodies(1))
-        owner_ended = False
-        deadline = time.monotonic() + 5
-        while not owner_ended and time.monotonic() < deadline:
-            gevent.sleep(0.1)
-            owner_ended = b._publisher._owner is None
-        assert owner_ended  # no greenlet left behind to keep gevent.wait() waiting
+        # no greenlet left behind to keep gevent.wait() waiting
+        assert wait_for(lambda: b._publisher._owner is None, 5)
         b.publish(qname, bodies(1))
         assert b.count(qname) == 2
     finally:

@@ -149,12 +149,12 @@ def test_one_attempt_per_call_no_driver_retries() -> None:
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
-    accepted: list[int] = []
+    accepted: list[int] = []  # the client port of each connection, in order
 
     def hang_up() -> None:
         while True:
-            conn, _ = listener.accept()
-            accepted.append(1)
+            conn, peer = listener.accept()
+            accepted.append(peer[1])
             conn.close()
 
     server = gevent.spawn(hang_up)
@@ -163,8 +163,15 @@ def test_one_attempt_per_call_no_driver_retries() -> None:
         assert accepted == []
         with pytest.raises(BrokerConnectionError):
             broker.publish("never", [b"x"])
-        gevent.sleep(0.2)
-        assert len(accepted) == 1
+        # Connections are accepted in the order they were made: once a probe made after the
+        # publish is accepted, every attempt of the publish has been too.
+        probe = socket.create_connection(listener.getsockname())
+        probe_port = probe.getsockname()[1]
+        try:
+            assert wait_for(lambda: probe_port in accepted, 5)
+        finally:
+            probe.close()
+        assert len(accepted) == 2 and accepted[1] == probe_port
     finally:
         server.kill()
         listener.close()
@@ -410,7 +417,20 @@ def test_dead_consumer_messages_come_back_live_ones_stay(queue: str) -> None:
         # Back within lease + recovery interval (0.6 s); generous bound for a busy machine.
         assert wait_for(lambda: bool(back.extend(watch.fetch(4, 0.1))) or len(back) == 2, 10)
         assert sorted(d.body for d in back) == sorted(d.body for d in held_dead)
-        gevent.sleep(3 * _FAST["lease_timeout_s"])  # the live consumer keeps its lease
+        # Three lease lengths pass (the server's clock says so through the live consumer's
+        # renewed lease expiry) and the live consumer keeps its lease: nothing comes back.
+        leases = redis.Redis(port=6379)
+        try:
+
+            def live_expiry_ms() -> float:
+                return float(leases.zscore(leases_key(queue), live.consumer_id) or 0)
+
+            renewed_from = live_expiry_ms()
+            assert renewed_from > 0
+            later = renewed_from + 3 * _FAST["lease_timeout_s"] * 1000
+            assert wait_for(lambda: live_expiry_ms() >= later, 10)
+        finally:
+            leases.close()
         assert watch.fetch(4, 0.1) == []
         assert live_broker.in_flight(queue) == 4  # 2 still live, 2 taken again
         live.ack(held_live)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
+import re
 import time
+import warnings
 from typing import Any
 
 import gevent
@@ -66,9 +69,15 @@ def test_pulled_but_unstarted_messages_stay_bounded(boosters: list[Any]) -> None
     b = memory_booster(lambda i: gate.wait(), conn_num=2, concurrent_num=5, fetch_batch=3)
     boosters.append(b)
     b.push_many([(i,) for i in range(100)])
+    keepalives: list[int] = []
+    opened = b.broker.open_receiver
+    b.broker.open_receiver = lambda q, **kw: _Counting(opened(q, **kw), [], keepalives)  # type: ignore[method-assign]
     b.consume()
     assert wait_for(lambda: b.message_count() == 95, 5)
-    gevent.sleep(0.3)
+    # Each puller, finding no free slot, services its connection between waits: 4 of those
+    # after the pool filled prove both looped and declined to fetch more.
+    seen = len(keepalives)
+    assert wait_for(lambda: len(keepalives) >= seen + 4, 5)
     assert b.message_count() == 95  # only the 5 the pool can run were taken
     gate.set()
     assert b.wait_until_idle(timeout_s=20)
@@ -152,6 +161,8 @@ def test_nothing_the_function_raises_stops_consumption(
     b.push_many([(i,) for i in range(1, 20)])
     b.consume()
     assert wait_for(lambda: len(done) == 19 and b.dead_letter_count() == 1, 10)
+    name = raise_what.__name__ if isinstance(raise_what, type) else type(raise_what).__name__
+    assert b.dead_letters()[0].error.startswith(name + ": ")
     engine = b._engine
     assert engine is not None and not any(g.dead for g in engine._puller_greenlets)
     assert wait_for(engine.is_idle, 5)
@@ -172,7 +183,7 @@ def test_task_timeout_interrupts_a_hang_and_frees_the_slot(boosters: list[Any]) 
     b.push_many([(0,), (1,), (2,)])
     b.consume()
     assert wait_for(lambda: done == [1, 2], 10)
-    assert b.dead_letters()[0].error.startswith("Timeout")
+    assert b.dead_letters()[0].error == "TimeoutError: timed out after 0.2 s"
 
 
 def test_arguments_that_do_not_fit_are_dead_lettered_without_retries(
@@ -237,6 +248,26 @@ def test_wait_until_idle_times_out_while_busy(boosters: list[Any]) -> None:
     assert b.wait_until_idle(timeout_s=0.3) is False
 
 
+class _Counting:
+    """A memory receiver that records each fetch and keepalive (proof that a puller looped)."""
+
+    def __init__(self, inner: Any, fetches: list[int], keepalives: list[int] | None = None) -> None:
+        self.inner = inner
+        self.fetches = fetches
+        self.keepalives = keepalives if keepalives is not None else []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def fetch(self, max_count: int, timeout_s: float) -> Any:
+        self.fetches.append(max_count)
+        return self.inner.fetch(max_count, timeout_s)
+
+    def keepalive(self) -> None:
+        self.keepalives.append(1)
+        self.inner.keepalive()
+
+
 class _FlakyKeepalive:
     """A memory receiver whose connection breaks once while the puller waits for the limiter."""
 
@@ -268,3 +299,178 @@ def test_connection_lost_while_rate_limited_loses_no_message_and_no_slot(
     b.stop(timeout_s=2)
     engine = b._engine
     assert engine is not None and engine.slots.counter == 3 and engine.is_idle()
+
+
+# ----------------------------------------------------------------- slots, retry timing, logs
+def test_stop_during_retry_waits_and_calls_leaks_no_slot(boosters: list[Any]) -> None:
+    """Killed while 2 messages wait for their retry and 3 calls run: every slot comes back,
+    and a second ``consume()`` runs 3 calls at once and the given-back retries again."""
+    phase = {"second": False}
+    running = {"now": 0, "peak": 0}
+    first_calls: list[int] = []
+    second_calls: list[int] = []
+    three_running = gevent.event.Event()
+
+    def task(i: int) -> None:
+        if not phase["second"]:
+            first_calls.append(i)
+            if i < 2:
+                raise RuntimeError("fails; its retry is due in 60 s")
+            gevent.sleep(3600)  # runs until stop() kills it
+        second_calls.append(i)
+        running["now"] += 1
+        running["peak"] = max(running["peak"], running["now"])
+        if running["now"] == 3:
+            three_running.set()
+        three_running.wait(10)  # the first 3 calls wait for each other: peak is exactly 3
+        running["now"] -= 1
+
+    b = memory_booster(task, concurrent_num=3, max_retries=1, retry_backoff_s=60)
+    boosters.append(b)
+    b.push_many([(0,), (1,)])
+    b.consume()
+    first = b._engine
+    assert first is not None
+    assert wait_for(lambda: len(first._waiting) == 2, 5)  # both wait for their retry
+    b.push_many([(2,), (3,), (4,)])
+    assert wait_for(lambda: sorted(first_calls) == [0, 1, 2, 3, 4], 5)
+    assert len(first.calls) == 3
+    b.stop(timeout_s=0.1)
+    assert first.slots.counter == 3  # nothing kept a slot: not the kills, not the retry waits
+    assert b.message_count() == 5 and b.in_flight_count() == 0
+
+    phase["second"] = True
+    b.push_many([(5,), (6,), (7,)])
+    b.consume()
+    assert b._engine is not first
+    assert b.wait_until_idle(timeout_s=20)
+    assert running["peak"] == 3
+    assert sorted(second_calls) == list(range(8))  # the given-back retries ran again
+    assert b.dead_letter_count() == 0
+    b.stop(timeout_s=2)
+    assert b._engine.slots.counter == 3
+
+
+@pytest.mark.parametrize("qps_limit", [0.0, 10.0])
+def test_a_retry_starts_on_time_on_an_idle_queue(boosters: list[Any], qps_limit: float) -> None:
+    """The retry's due time bounds every fetch, and no puller keeps the free slots reserved
+    in a long fetch (the old engine started it ~0.2 s late with poll_timeout_s=1)."""
+    attempts: list[float] = []
+    failed_at: list[float] = []
+
+    def fails_once() -> None:
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            failed_at.append(time.monotonic())
+            raise RuntimeError("once")
+
+    b = memory_booster(
+        fails_once, retry_backoff_s=0.3, concurrent_num=50, max_retries=1, qps_limit=qps_limit
+    )
+    boosters.append(b)
+    b.push()
+    b.consume()
+    assert wait_for(lambda: len(attempts) == 2, 5)
+    late_s = attempts[1] - (failed_at[0] + 0.3)
+    # Loose on purpose (a shared, noisy machine): this tests the mechanism, not speed.
+    assert -0.01 <= late_s < 0.1, late_s
+
+
+_WARN_OR_WORSE = re.compile(r"\| (WARNING|ERROR|CRITICAL) *\|")
+
+
+def test_stop_with_nothing_held_logs_no_warning(log_lines: list[str]) -> None:
+    fetches: list[int] = []
+    b = memory_booster(print, conn_num=2)
+    opened = b.broker.open_receiver
+    b.broker.open_receiver = lambda q, **kw: _Counting(opened(q, **kw), fetches)  # type: ignore[method-assign]
+    b.consume()
+    assert wait_for(lambda: len(fetches) >= 2, 5)  # the pullers are fetching from the queue
+    b.stop(timeout_s=2)
+    assert any("stopped" in line for line in log_lines)
+    assert [line for line in log_lines if _WARN_OR_WORSE.search(line)] == []
+
+
+def test_a_task_timeout_is_logged_with_its_seconds(
+    boosters: list[Any], log_lines: list[str]
+) -> None:
+    b = memory_booster(lambda: gevent.sleep(3600), task_timeout_s=0.5, max_retries=0)
+    boosters.append(b)
+    b.push()
+    b.consume()
+    assert wait_for(lambda: b.dead_letter_count() == 1, 10)
+    assert b.dead_letters()[0].error == "TimeoutError: timed out after 0.5 s"
+    assert any("timed out after 0.5 s" in line for line in log_lines)
+    assert not any("<Timeout at" in line for line in log_lines)
+
+
+def test_keyboard_interrupt_in_a_call_fails_that_call_only(boosters: list[Any]) -> None:
+    done: list[int] = []
+
+    def interrupted(i: int) -> None:
+        if i == 3:
+            raise KeyboardInterrupt
+        gevent.sleep(0.01)  # the calls overlap with the interrupted one
+        done.append(i)
+
+    b = memory_booster(interrupted, max_retries=2, retry_backoff_s=0.01, concurrent_num=4)
+    boosters.append(b)
+    b.push_many([(i,) for i in range(10)])
+    b.consume()
+    assert wait_for(lambda: b.dead_letter_count() == 1 and len(done) == 9, 10)
+    letter = b.dead_letters()[0]
+    assert letter.error == "KeyboardInterrupt: " and letter.attempts == 3
+    assert sorted(done) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    engine = b._engine
+    assert engine is not None and not any(g.dead for g in engine._puller_greenlets)
+
+
+def test_a_call_that_never_yields_past_its_timeout_succeeds_with_a_warning(
+    boosters: list[Any], log_lines: list[str]
+) -> None:
+    done: list[int] = []
+
+    def burn_cpu() -> None:
+        # time.sleep is gevent's (it yields); a busy loop never gives the timer a chance.
+        end = time.monotonic() + 0.3
+        while time.monotonic() < end:
+            pass
+        done.append(1)
+
+    b = memory_booster(burn_cpu, task_timeout_s=0.1, max_retries=0)
+    boosters.append(b)
+    b.push()
+    b.consume()
+    assert b.wait_until_idle(timeout_s=10)
+    assert done == [1] and b.dead_letter_count() == 0
+    overruns = [line for line in log_lines if "past task_timeout_s=0.1" in line]
+    assert len(overruns) == 1 and "| WARNING" in overruns[0]
+    assert "could not be interrupted" in overruns[0]
+
+
+async def _a_coroutine() -> int:
+    return 1
+
+
+def test_a_function_returning_a_coroutine_is_dead_lettered_at_once(
+    boosters: list[Any],
+) -> None:
+    calls: list[int] = []
+
+    def returns_coroutine() -> Any:
+        calls.append(1)
+        return _a_coroutine()
+
+    b = memory_booster(returns_coroutine, max_retries=3, retry_backoff_s=0.01)
+    boosters.append(b)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        b.push()
+        b.consume()
+        assert wait_for(lambda: b.dead_letter_count() == 1, 10)
+        assert b.wait_until_idle(timeout_s=10)
+        gc.collect()
+    letter = b.dead_letters()[0]
+    assert calls == [1] and letter.attempts == 1  # no retries: it can never work
+    assert letter.error.startswith("TypeError: ") and "never awaits" in letter.error
+    assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
