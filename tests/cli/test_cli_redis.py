@@ -350,3 +350,42 @@ def test_multi_process_consume_from_a_script(env: Env) -> None:
     # The script (its own process) and its two children imported it; no child ran __main__.
     assert len(env.imports.read_text().split()) == 3
     assert err.count("consuming " + env.queue) == 2
+
+
+def test_a_second_signal_kills_the_children(env: Env) -> None:
+    env.env["CLI_TEST_SLEEP_S"] = "120"  # calls that would hold a graceful stop for 30 s
+    push(env, [1, 2])
+    b = env.booster()
+    proc = env.start("worker", str(env.module), "--processes", "2")
+    try:
+        assert wait_for(lambda: b.in_flight_count() == 2, 30)  # type: ignore[attr-defined]
+        children = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert wait_for(lambda: "stopping its worker processes" in _read(proc), 10)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        b.broker.close()  # type: ignore[attr-defined]
+    assert proc.returncode == 1, err
+    assert "second signal: killing the worker processes" in err
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children)
+    assert env.ran() == []
+
+
+_stderr_seen: dict[int, str] = {}
+
+
+def _read(proc: subprocess.Popen[str]) -> str:
+    """What the process wrote on stderr so far (read without blocking; kept for the caller)."""
+    import fcntl
+
+    assert proc.stderr is not None
+    fd = proc.stderr.fileno()
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        chunk = os.read(fd, 65536).decode()
+    except BlockingIOError:
+        chunk = ""
+    _stderr_seen[proc.pid] = _stderr_seen.get(proc.pid, "") + chunk
+    return _stderr_seen[proc.pid]
