@@ -389,3 +389,32 @@ def _read(proc: subprocess.Popen[str]) -> str:
         chunk = ""
     _stderr_seen[proc.pid] = _stderr_seen.get(proc.pid, "") + chunk
     return _stderr_seen[proc.pid]
+
+
+def test_the_scrape_example_through_geboost_worker_processes(env: Env) -> None:
+    env.env.update(SCRAPE_BROKER="redis", SCRAPE_QUEUE=env.queue, SCRAPE_CONCURRENCY="50")
+    log = env.tmp / "workers.log"
+    with log.open("w") as log_file:
+        proc = subprocess.Popen(
+            [*geboost_cmd(), "worker", "examples/scrape.py", "--processes", "2"],
+            stdout=log_file,
+            stderr=log_file,
+            env=env.env,
+            cwd=ROOT,
+        )
+        try:
+            assert wait_for(lambda: log.read_text().count(f"consuming {env.queue}") == 2, 30)
+            pushed = subprocess.run(
+                [sys.executable, "examples/scrape.py", "--fleet", "--n", "300"],
+                capture_output=True,
+                text=True,
+                env=env.env,
+                cwd=ROOT,
+                timeout=120,
+            )
+            assert pushed.returncode == 0, pushed.stderr[-2000:]
+            assert "fetched 300 of 300 URLs" in pushed.stdout, pushed.stdout
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
+        finally:
+            stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
