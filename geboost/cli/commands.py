@@ -65,6 +65,9 @@ def worker(args: argparse.Namespace) -> int:
     if args.processes > 1:
         # The supervisor imports none of the modules: its children do.
         return run_workers(modules, args.processes, queues)
+    # Until the boosters consume, a stop request simply ends the process: nothing to settle.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop_before_consuming)
     load_modules(modules)
     boosters = select_boosters(queues)
     for booster in boosters:
@@ -79,6 +82,11 @@ def worker(args: argparse.Namespace) -> int:
         watcher.kill()
     logger.info("worker {} stopped", os.getpid())
     return 0
+
+
+def _stop_before_consuming(signum: int, _frame: object) -> None:
+    logger.info("worker {} stopped before consuming ({})", os.getpid(), signal.Signals(signum).name)
+    raise SystemExit(0)
 
 
 def _watch_supervisor() -> gevent.Greenlet[Any, Any] | None:

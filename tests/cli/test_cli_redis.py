@@ -307,15 +307,17 @@ def test_supervisor_restarts_a_killed_child_and_loses_no_task(env: Env) -> None:
         )
         assert wait_for(lambda: len(set(env.ran())) == n, 120), len(set(env.ran()))
         # The supervisor imported none of the user's modules and holds no socket.
-        importers = {int(p) for p in env.imports.read_text().split()}
-        assert proc.pid not in importers
-        assert len(importers) == 3  # two children, then the one restarted
+        importers = lambda: {int(p) for p in env.imports.read_text().split()}  # noqa: E731
+        assert wait_for(lambda: len(importers()) == 3, 30)  # two children, the restarted one
+        assert proc.pid not in importers()
+        assert wait_for(lambda: _read(proc).count(f"consuming {env.queue}") == 3, 30)
         assert _socket_count(proc.pid) == 0
         children = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
         stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+    err = _stderr_seen[proc.pid] + err
     assert proc.returncode == 0, err
     assert sorted(set(env.ran())) == list(range(n))  # at least once each, none lost
     assert "died (signal SIGKILL)" in err
@@ -341,15 +343,19 @@ def test_multi_process_consume_from_a_script(env: Env) -> None:
     )
     try:
         assert wait_for(lambda: len(set(env.ran())) == 100, 60), len(env.ran())
-        assert wait_for(lambda: len(_children(proc.pid)) == 2, 10)
+        # Both children consume (a child still importing when SIGTERM comes just dies).
+        assert wait_for(lambda: _read(proc).count("consuming " + env.queue) == 2, 30)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
         stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
     assert proc.returncode == 0, err
-    # The script (its own process) and its two children imported it; no child ran __main__.
+    # The script (its own process) and its two children imported it; no child ran __main__
+    # (which would have started a supervisor of its own: more importers, more consumers).
     assert len(env.imports.read_text().split()) == 3
+    err = _stderr_seen[proc.pid] + err
     assert err.count("consuming " + env.queue) == 2
+    assert err.count("stopped") >= 2
 
 
 def test_a_second_signal_kills_the_children(env: Env) -> None:
@@ -418,3 +424,21 @@ def test_the_scrape_example_through_geboost_worker_processes(env: Env) -> None:
             assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
         finally:
             stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+
+
+def test_a_worker_stopped_while_importing_exits_0(env: Env) -> None:
+    slow = env.tmp / "slow.py"
+    slow.write_text(
+        "import os, time\n"
+        "open(os.environ['CLI_TEST_IMPORTS'], 'a').write('importing\\n')\n"
+        "time.sleep(60)\n"
+    )
+    proc = env.start("worker", str(slow))
+    try:
+        assert wait_for(lambda: env.imports.exists(), 30)
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=20)
+    finally:
+        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+    assert proc.returncode == 0, err
+    assert "stopped before consuming (SIGTERM)" in err
