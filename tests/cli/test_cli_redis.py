@@ -442,3 +442,25 @@ def test_a_worker_stopped_while_importing_exits_0(env: Env) -> None:
         stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
     assert proc.returncode == 0, err
     assert "stopped before consuming (SIGTERM)" in err
+
+
+def test_status_watch_redraws_until_ctrl_c(env: Env) -> None:
+    out = env.tmp / "watch.txt"
+    with out.open("w") as out_file:
+        proc = subprocess.Popen(
+            [*geboost_cmd(), "status", "--watch", str(env.module)],
+            stdout=out_file,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env.env,
+            cwd=env.tmp,
+        )
+        try:
+            redraw = "\x1b[H\x1b[2JQUEUE"
+            assert wait_for(lambda: out.read_text().count(redraw) >= 2, 20), out.read_text()
+            proc.send_signal(signal.SIGINT)
+            _out, err = proc.communicate(timeout=10)
+        finally:
+            stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+    assert proc.returncode == 0, err
+    assert f"\n{env.queue} " in out.read_text()
