@@ -270,8 +270,8 @@ CEILING_NAMES = {
 class Bench:
     """Runs the measurements and collects the rows; remembers the queues to delete."""
 
-    def __init__(self, sizes: Sizes, run_id: str, http_url: str, only: str = "") -> None:
-        self.only = only  # "": every row; "fleet" or "http": those rows only
+    def __init__(self, sizes: Sizes, run_id: str, http_url: str) -> None:
+        self.only: set[str] = set()  # --only: the steps to run (empty: all)
         self.sizes = sizes
         self.run_id = run_id
         self.http_url = http_url
@@ -352,11 +352,10 @@ class Bench:
         """The fan-outs this machine can run (and this run asked for); a row says why not."""
         keep = []
         for fan in fans:
-            if self.only == "http" and not fan.task.startswith("http"):
-                continue
             why = fast_http_missing() if fan.task == "http-fast" else ""
             if why:
-                self.add(Row(broker, fan.label, why))
+                if self.wanted(fan.label) or broker == "gevent":
+                    self.add(Row(broker, fan.label, why))
             else:
                 keep.append(fan)
         return keep
@@ -637,24 +636,7 @@ class Bench:
             self.add(Row(broker, "all", f"n/a: broker not available ({why})"))
             return
         ceiling: dict[str, Any] = {}
-        fleet = [("fleet", lambda: self.fleet(broker))] if broker == "redis" else []
-        if self.only == "fleet":
-            steps: list[tuple[str, Callable[[], object]]] = fleet
-        elif self.only == "http":
-            fans = self.runnable(fanouts(self.sizes), broker)
-            steps = [(fan.label, partial(self.fanout, broker, fan)) for fan in fans]
-        else:
-            steps = self.all_steps(broker, ceiling) + fleet
-        for name, step in steps:
-            try:
-                step()
-            except RunFailed as exc:
-                self.add(Row(broker, name, f"FAILED ({exc})"))
-
-    def all_steps(
-        self, broker: str, ceiling: dict[str, Any]
-    ) -> list[tuple[str, Callable[[], object]]]:
-        return [
+        steps: list[tuple[str, Callable[[], object]]] = [
             ("publish", lambda: self.publish(broker, ceiling)),
             ("consume-noop", lambda: self.consume_noop(broker, ceiling)),
             *(
@@ -667,7 +649,19 @@ class Bench:
                 for fan in self.runnable(fanouts(self.sizes), broker)
             ],
             ("qps", lambda: self.qps(broker)),
+            *([("fleet", lambda: self.fleet(broker))] if broker == "redis" else []),
         ]
+        for name, step in steps:
+            if not self.wanted(name):
+                continue
+            try:
+                step()
+            except RunFailed as exc:
+                self.add(Row(broker, name, f"FAILED ({exc})"))
+
+    def wanted(self, name: str) -> bool:
+        """--only: a step runs if its name starts with one of the names given (or none was)."""
+        return not self.only or any(name.startswith(step) for step in self.only)
 
 
 def _fleet_count(out_dir: Path) -> int:
@@ -758,9 +752,9 @@ def main() -> int:
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
     parser.add_argument(
         "--only",
-        choices=("fleet", "http"),
         default="",
-        help="only the multi-process rows (Redis) or only the http-fanout rows",
+        help="comma-separated steps to run, by the start of their names (ceilings, publish, "
+        "consume-noop, http-fanout, qps, fleet: the multi-process rows on Redis, ...)",
     )
     args = parser.parse_args()
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
@@ -771,10 +765,11 @@ def main() -> int:
     run_id = f"geboost-bench-{uuid.uuid4().hex[:8]}"
     started = time.monotonic()
     with http_server(sizes.http_delay_s) as url:
-        bench = Bench(sizes, run_id, url, args.only)
+        bench = Bench(sizes, run_id, url)
+        bench.only = {step.strip() for step in args.only.split(",") if step.strip()}
         try:
             try:
-                if args.only != "fleet":
+                if not bench.only or "ceilings" in bench.only:
                     bench.pool_ceilings()
             except RunFailed as exc:
                 bench.add(Row("gevent", "ceilings", f"FAILED ({exc})"))
