@@ -18,10 +18,12 @@ the established TCP connections from the worker to the broker's port, its own so
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -58,6 +60,8 @@ class Sizes:
     qps_n: int = 2_000
     qps_limit: float = 200.0
     rpc_n: int = 1_000
+    fleet_noop_n: int = 100_000
+    fleet_fanout_n: int = 20_000
 
 
 QUICK = Sizes(
@@ -73,6 +77,8 @@ QUICK = Sizes(
     qps_n=40,
     qps_limit=100.0,
     rpc_n=50,
+    fleet_noop_n=300,
+    fleet_fanout_n=200,
 )
 
 
@@ -204,7 +210,7 @@ def verdict(ok: bool) -> str:
 @dataclass(frozen=True)
 class Fanout:
     key: str
-    task: str  # "sleep" or "http"
+    task: str  # "sleep", "http" (urllib) or "http-fast" (geventhttpclient)
     n: int
     concurrent: int
     task_s: float
@@ -216,8 +222,10 @@ class Fanout:
 
     @property
     def label(self) -> str:
-        what = "GETs of" if self.task == "http" else "x"
-        kind = "http-fanout" if self.task == "http" else "io-fanout"
+        what = "GETs of" if self.task.startswith("http") else "x"
+        kind = {"http": "http-fanout", "http-fast": "http-fanout (geventhttpclient)"}.get(
+            self.task, "io-fanout"
+        )
         return f"{kind}: {self.n:,} {what} {self.task_s:g} s @{self.concurrent:,}"
 
 
@@ -228,7 +236,15 @@ def fanouts(s: Sizes) -> list[Fanout]:
             "sleep-big", "sleep", s.big_n, s.big_concurrent, s.big_sleep_s, "eff >= 0.9, RSS < 400"
         ),
         Fanout("http", "http", s.http_n, s.http_concurrent, s.http_delay_s, ""),
+        Fanout("http-fast", "http-fast", s.http_n, s.http_concurrent, s.http_delay_s, ""),
     ]
+
+
+def fast_http_missing() -> str:
+    """Why the geventhttpclient rows cannot run here ("" if they can)."""
+    if importlib.util.find_spec("geventhttpclient") is None:
+        return "n/a: geventhttpclient is not installed (pip install 'geboost[fast-http]')"
+    return ""
 
 
 # Which plain-client figure each geboost figure is divided by.
@@ -322,7 +338,7 @@ class Bench:
         result = self.pool["pool_noop"] = run_process("worker.py", spec, 120)
         measure = f"ceiling: Pool({s.noop_concurrent}).spawn, {s.noop_n:,} no-op"
         self.add(self.rate_row("gevent", measure, result, "rate_per_s"))
-        for fan in fanouts(s):
+        for fan in self.runnable(fanouts(s)):
             spec = self.spec(
                 "memory",
                 mode="pool",
@@ -333,6 +349,18 @@ class Bench:
             )
             result = self.pool[fan.key] = run_process("worker.py", spec, 60 + 4 * fan.ideal_s)
             self.add(self.fanout_row("gevent", "ceiling: bare Pool, " + fan.label, result, fan))
+
+    def runnable(self, fans: list[Fanout], broker: str = "gevent") -> list[Fanout]:
+        """The fan-outs this machine can run (and this run asked for); a row says why not."""
+        keep = []
+        for fan in fans:
+            why = fast_http_missing() if fan.task == "http-fast" else ""
+            if why:
+                if self.wanted(fan.label) or broker == "gevent":
+                    self.add(Row(broker, fan.label, why))
+            else:
+                keep.append(fan)
+        return keep
 
     def client_ceilings(self, broker: str) -> dict[str, Any]:
         """Plain redis-py or pika loops moving the same messages, on the same broker."""
@@ -469,6 +497,106 @@ class Bench:
                 row.verdict = verdict(ok)
         self.add(row)
 
+    # ----------------------------------------------------------------- fleet
+    def fleet(self, broker: str) -> None:
+        """consume-noop and io-fanout through ``geboost worker --processes 1`` then ``2``, in the
+        same run: the ratio is what multi-process scaling buys on this machine."""
+        s = self.sizes
+        cases = [
+            ("noop", s.fleet_noop_n, s.noop_concurrent, 0.0),
+            ("sleep", s.fleet_fanout_n, s.fanout_concurrent, s.fanout_sleep_s),
+        ]
+        for task, n, concurrent, sleep_s in cases:
+            one: Row | None = None
+            for processes in (1, 2):
+                what = (
+                    f"consume-noop: {n:,} @{concurrent}"
+                    if task == "noop"
+                    else f"io-fanout: {n:,} x {sleep_s:g} s @{concurrent}"
+                )
+                measure = f"{what}, {processes} process{'es' if processes > 1 else ''}"
+                try:
+                    result = self.fleet_run(broker, task, n, concurrent, processes, sleep_s)
+                except RunFailed as exc:
+                    self.add(Row(broker, measure, f"FAILED ({exc})"))
+                    break
+                row = self.fleet_row(broker, measure, result, one, task == "noop")
+                self.add(row)
+                if row.value is None:
+                    break
+                one = one or row
+
+    def fleet_row(
+        self, broker: str, measure: str, result: dict[str, Any], one: Row | None, noop: bool
+    ) -> Row:
+        if not result["ok"]:
+            return Row(broker, measure, failed(result), detail=result)
+        elapsed_s = result["elapsed_s"]
+        value = result["n"] / elapsed_s if noop else elapsed_s
+        shown = f"{rate(value)}" if noop else f"{elapsed_s:.2f} s"
+        if result.get("duplicates"):
+            shown += f" ({result['duplicates']} ran twice)"
+        row = Row(broker, measure, shown, value, "tasks/s" if noop else "s", detail=result)
+        if one is not None and one.value:
+            # how many times one process's throughput (fan-out: its time over this one's)
+            ratio = value / one.value if noop else one.value / value
+            row.vs_ceiling = f"x{ratio:.2f}"
+            if noop:
+                row.target, row.verdict = ">= x1.7 of 1 process", verdict(ratio >= 1.7)
+        return row
+
+    def fleet_run(
+        self, broker: str, task: str, n: int, concurrent: int, processes: int, sleep_s: float
+    ) -> dict[str, Any]:
+        """Start ``geboost worker bench/fleet_tasks.py --processes N``, wait until its children
+        consume, fill the queue from another process, wait for ``n`` calls, SIGTERM, merge."""
+        queue = self.queue(broker, f"fleet-{task}-{processes}")
+        LOG_DIR.mkdir(exist_ok=True)
+        out_dir = Path(tempfile.mkdtemp(prefix="fleet-", dir=LOG_DIR))
+        fleet_spec = {
+            "queue": queue,
+            "broker": broker,
+            "broker_url": BROKER_URLS[broker],
+            "concurrent": concurrent,
+            "sleep_s": sleep_s,
+            "out_dir": str(out_dir),
+        }
+        env = {**os.environ, "GEBOOST_BENCH_FLEET": json.dumps(fleet_spec)}
+        cmd = [sys.executable, "-m", "geboost", "worker", str(BENCH / "fleet_tasks.py")]
+        cmd += ["--processes", str(processes)]
+        log_path = out_dir / "worker.log"
+        timeout_s = 60 + 4 * n * max(sleep_s, 1e-4) / concurrent
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(cmd, env=env, stderr=log, stdout=log)
+            try:
+                self.fleet_wait(
+                    lambda: log_path.read_text().count(f"consuming {queue}") >= processes,
+                    30,
+                    "the worker processes did not start",
+                )
+                spec = self.spec(broker, queue=queue, task="noop", n=n, concurrent=concurrent)
+                # Its own count check is moot (the workers drain as it fills): what ran is
+                # checked at the end.
+                run_process("worker.py", {**spec, "mode": "fill"}, timeout_s)
+                self.fleet_wait(
+                    lambda: _fleet_count(out_dir) >= n, timeout_s, "the tasks did not all run"
+                )
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(timeout=60)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()  # by PID: only the supervisor we started
+                    proc.wait()
+        return _fleet_result(out_dir, n, code)
+
+    @staticmethod
+    def fleet_wait(condition: Callable[[], bool], timeout_s: float, why: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise RunFailed(why)
+            time.sleep(0.05)
+
     def qps(self, broker: str) -> None:
         s = self.sizes
         result = self.consume(
@@ -563,17 +691,56 @@ class Bench:
                 if broker == "memory"
                 else []
             ),
-            *[(fan.label, partial(self.fanout, broker, fan)) for fan in fanouts(self.sizes)],
+            *[
+                (fan.label, partial(self.fanout, broker, fan))
+                for fan in self.runnable(fanouts(self.sizes), broker)
+            ],
             ("qps", lambda: self.qps(broker)),
             ("results", lambda: self.results(broker)),
+            *([("fleet", lambda: self.fleet(broker))] if broker == "redis" else []),
         ]
         for name, step in steps:
-            if self.only and name not in self.only:
+            if not self.wanted(name):
                 continue
             try:
                 step()
             except RunFailed as exc:
                 self.add(Row(broker, name, f"FAILED ({exc})"))
+
+    def wanted(self, name: str) -> bool:
+        """--only: a step runs if its name starts with one of the names given (or none was)."""
+        return not self.only or any(name.startswith(step) for step in self.only)
+
+
+def _fleet_count(out_dir: Path) -> int:
+    """Calls run so far, from the progress files of the worker processes."""
+    total = 0
+    for path in out_dir.glob("*.count"):
+        try:
+            total += int(path.read_text() or 0)
+        except (OSError, ValueError):
+            pass  # being rewritten: read again on the next poll
+    return total
+
+
+def _fleet_result(out_dir: Path, n: int, exit_code: int) -> dict[str, Any]:
+    reports = [json.loads(p.read_text()) for p in out_dir.glob("*.json")]
+    seen = bytearray(n)
+    for report in reports:
+        for i in report["ran"]:
+            seen[i] += 1
+    starts = [r["first_start"] for r in reports if r["first_start"]]
+    ends = [r["last_end"] for r in reports if r["last_end"]]
+    missing = seen.count(0)
+    return {
+        "ok": missing == 0 and exit_code == 0 and bool(starts),
+        "n": n,
+        "missing": missing,
+        "duplicates": sum(1 for c in seen if c > 1),
+        "exit_code": exit_code,
+        "processes_reporting": len(reports),
+        "elapsed_s": (max(ends) - min(starts)) if starts else 0.0,
+    }
 
 
 # --------------------------------------------------------------------- the table
@@ -634,7 +801,8 @@ def main() -> int:
     parser.add_argument(
         "--only",
         default="",
-        help="comma-separated steps to run (ceilings, publish, consume-noop, qps, results, ...)",
+        help="comma-separated steps to run, by the start of their names (ceilings, publish, "
+        "consume-noop, http-fanout, qps, results, fleet: the multi-process rows on Redis, ...)",
     )
     parser.add_argument(
         "--run-id",

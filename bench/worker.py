@@ -108,7 +108,7 @@ def call_args(spec: dict[str, Any], i: int) -> tuple[Any, ...]:
 
 
 def make_task(spec: dict[str, Any], tally: Tally) -> Callable[..., None]:
-    """The consuming function for ``spec["task"]``: noop, typed, sleep or http."""
+    """The consuming function for ``spec["task"]``: noop, typed, sleep, http or http-fast."""
     kind = spec["task"]
     if kind == "noop":
 
@@ -136,6 +136,8 @@ def make_task(spec: dict[str, Any], tally: Tally) -> Callable[..., None]:
             tally.done(i)
 
         return sleep
+    if kind == "http-fast":
+        return make_fast_fetch(spec, tally)
     base_url = spec["url"]
 
     def fetch(i: int) -> None:
@@ -150,6 +152,29 @@ def make_task(spec: dict[str, Any], tally: Tally) -> Callable[..., None]:
         tally.done(i)
 
     return fetch
+
+
+def make_fast_fetch(spec: dict[str, Any], tally: Tally) -> Callable[..., None]:
+    """The http task with geventhttpclient (the ``fast-http`` extra): one client, a pool of
+    keep-alive connections as large as the booster's pool."""
+    from geventhttpclient import HTTPClient  # type: ignore[import-not-found, unused-ignore]
+
+    client = HTTPClient.from_url(
+        spec["url"], concurrency=spec["concurrent"], connection_timeout=30, network_timeout=30
+    )
+
+    def fetch_fast(i: int) -> None:
+        tally.start()
+        try:
+            response = client.get(f"/{i}")
+            if response.read() != str(i).encode():
+                raise ValueError(f"wrong answer for task {i}")
+        except Exception:
+            tally.failed += 1
+            raise
+        tally.done(i)
+
+    return fetch_fast
 
 
 # --------------------------------------------------------------------- counting acks

@@ -18,6 +18,7 @@ from geboost.brokers.base import (  # noqa: E402
     available_broker_kinds,
     register_broker,
 )
+from geboost.cli.supervisor import run_workers  # noqa: E402
 from geboost.errors import (  # noqa: E402
     BrokerAuthenticationError,
     BrokerConnectionError,
@@ -33,6 +34,7 @@ from geboost.errors import (  # noqa: E402
 )
 from geboost.message import DeadLetter, TaskMessage  # noqa: E402
 from geboost.options import BoostOptions, BrokerKind, PushOptions  # noqa: E402
+from geboost.registry import get_booster, registered_boosters  # noqa: E402
 from geboost.results import AsyncResult, ResultTimeout, TaskFailed  # noqa: E402
 
 __version__ = "0.1.0"
@@ -65,6 +67,9 @@ __all__ = [
     "UnknownBrokerError",
     "available_broker_kinds",
     "boost",
+    "get_booster",
     "new_booster",
     "register_broker",
+    "registered_boosters",
+    "run_workers",
 ]

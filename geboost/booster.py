@@ -8,7 +8,7 @@ from typing import Any, Generic, ParamSpec, TypeVar
 
 import gevent
 
-from geboost import _patch, signals
+from geboost import _patch, registry, signals
 from geboost.brokers.base import (
     Broker,
     Delivery,
@@ -86,6 +86,7 @@ class Booster(Generic[P, R]):
             options.concurrent_num,
             options.conn_num,
         )
+        registry.register(self)
 
     def __repr__(self) -> str:
         return (
@@ -309,6 +310,18 @@ class Booster(Generic[P, R]):
         self._engine.start()
         if self.options.handle_signals:
             signals.watch(self)
+
+    def multi_process_consume(self, processes: int) -> int:
+        """Consume this queue in ``processes`` fresh worker processes under a supervisor.
+
+        Blocks until SIGTERM/SIGINT stops the children (then returns 0). Each child is a new
+        interpreter running ``geboost worker <module> --queues <queue>``: it finds this booster
+        by importing the file that defines the function (for a script, the script's own path,
+        imported as a module, so its ``if __name__ == "__main__":`` block does not run again).
+        """
+        from geboost.cli.supervisor import module_of, run_workers
+
+        return run_workers([module_of(self._func)], processes=processes, queues=[self.queue_name])
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop pulling, give running calls up to ``timeout_s`` to finish, settle, close.

@@ -121,3 +121,19 @@ def test_editable_install_as_the_readme_says_lets_mypy_check_push(tmp_path: Path
         'user.py:17: error: Argument 1 to "push" of "Booster" has incompatible type "int"; '
         'expected "str"  [arg-type]',
     ], out
+
+    # The console script the install declared runs from that venv (no PYTHONPATH).
+    (project / "tasks.py").write_text(
+        "from geboost import BoostOptions, new_booster\n"
+        "b = new_booster(BoostOptions(queue_name='fresh-venv-q', consume_func=print))\n"
+    )
+    status = subprocess.run(
+        [str(venv / "bin" / "geboost"), "status", "tasks.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=project,
+        env=_env(),
+    )
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines()[1].split() == ["fresh-venv-q", "0", "0", "-", "0", "-", "-"]
