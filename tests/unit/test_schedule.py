@@ -25,7 +25,7 @@ from geboost import (
 )
 from geboost.message import decode_task
 from geboost.state.keys import schedule_last_key, schedule_tick_key
-from tests.support import drain, memory_booster, unique_name
+from tests.support import drain, free_port, memory_booster, unique_name
 
 HOUR = 3600.0
 T0 = 1_800_000_000.0  # a whole hour since the epoch (tick of Every(3600) and of Every(10))
@@ -228,3 +228,29 @@ def test_schedules_registered_later_are_picked_up() -> None:
     b.every(10, 1)
     assert scheduler.run_pending(T0 + 1) == 1
     assert len(scheduler.schedules) == 1
+
+
+def test_a_failed_push_releases_its_claim_and_is_tried_again(log_lines: list[str]) -> None:
+    """The broker refuses (nothing listens on its port): the tick's claim is released so that
+    this or another scheduler tries again while the tick is within the grace."""
+    b = new_booster(
+        BoostOptions(
+            queue_name=unique_name("q"),
+            consume_func=collect,
+            broker_kind=BrokerKind.REDIS,
+            broker_config=BrokerConfig(broker_url=f"redis://127.0.0.1:{free_port()}"),
+            state_url=f"memory://{unique_name('state')}",
+            push_retries=0,
+            handle_signals=False,
+        )
+    )
+    s = b.every(HOUR, 1)
+    scheduler = Scheduler([b])
+    assert scheduler.run_pending(T0 + 1) == 0
+    claim = schedule_tick_key(b.queue_name, s.identity, round(T0 * 1000))
+    assert s.store.get(claim) is None
+    assert s.store.get(schedule_last_key(b.queue_name, s.identity)) is None
+    assert scheduler.run_pending(T0 + 2.5) == 0  # tried again
+    not_pushed = [line for line in log_lines if "not pushed" in line and "retrying in 1 s" in line]
+    assert len(not_pushed) == 2
+    b.broker.close()
