@@ -5,7 +5,9 @@ schedulers, the misfire grace, cron expressions in a time zone."""
 from __future__ import annotations
 
 import math
+import textwrap
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -254,3 +256,32 @@ def test_a_failed_push_releases_its_claim_and_is_tried_again(log_lines: list[str
     not_pushed = [line for line in log_lines if "not pushed" in line and "retrying in 1 s" in line]
     assert len(not_pushed) == 2
     b.broker.close()
+
+
+TYPED_SNIPPET = """
+from geboost import BoostOptions, Cron, Every, new_booster
+
+def report(region: str, limit: int = 10) -> str:
+    return region
+
+b = new_booster(BoostOptions(queue_name="q", consume_func=report))
+b.every(60, "eu")
+b.every(Every(60, misfire_grace_s=300), "eu", limit=3)
+b.cron("*/5 * * * *", region="eu")
+b.cron(Cron("0 9 * * 1-5", tz="Europe/Paris"), "eu", 5)
+b.every(60, 3)  # line 11: wrong type
+b.cron("*/5 * * * *")  # line 12: missing argument
+b.cron("*/5 * * * *", "eu", tz="Europe/Paris")  # line 13: tz is not report's
+"""
+
+
+def test_every_and_cron_are_type_checked_against_the_function(tmp_path: Path) -> None:
+    mypy_api = pytest.importorskip("mypy.api")
+    source = tmp_path / "snippet.py"
+    source.write_text(textwrap.dedent(TYPED_SNIPPET).lstrip("\n"))
+    out, _err, status = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "c"), str(source)]
+    )
+    errors = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
+    assert status == 1, out
+    assert errors == {11, 12, 13}, out
