@@ -343,7 +343,11 @@ class Scheduler:
 
     def _run(self, runner: _Runner) -> None:
         while not self._stopping.is_set():
-            wake_at, _ = runner.step(self._clock())
+            try:
+                wake_at, _ = runner.step(self._clock())
+            except Exception:  # a bug must not end the schedule silently: log, go on
+                runner.log.exception("schedule {} failed; retrying", runner.schedule.identity)
+                wake_at = self._clock() + _RETRY_S
             wait_s = min(max(wake_at - self._clock(), 0.0), _MAX_WAIT_S)
             self._stopping.wait(wait_s)
 
