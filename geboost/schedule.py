@@ -330,7 +330,8 @@ class Scheduler:
         return sum(runner.step(at)[1] for runner in self._runners.values())
 
     def start(self) -> Scheduler:
-        """Start one greenlet per schedule and return at once (idempotent)."""
+        """Start one greenlet per schedule registered by now and return at once
+        (idempotent; a schedule registered later runs from the next ``start``)."""
         if self._greenlets:
             return self
         self._refresh()

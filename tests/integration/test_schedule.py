@@ -184,3 +184,23 @@ def test_three_scheduler_processes_push_each_tick_once(tmp_path: Path) -> None:
         cleanup_queues(broker, queue)
         broker.close()
         _delete_state_keys(queue)
+
+
+HOUR = 3600.0
+T0 = 1_800_000_000.0  # a whole hour since the epoch (in 2027: the claims' TTLs are real)
+
+
+def test_misfire_grace_on_the_broker_and_store(
+    booster: Booster[Any, Any], log_lines: list[str]
+) -> None:
+    """Schedulers that come back after a tick (clock injected): within the grace one of them
+    pushes it, once; beyond the grace it is skipped with one log line."""
+    booster.every(HOUR, 1)
+    assert Scheduler([booster]).run_pending(T0 + 30) == 1
+    assert Scheduler([booster]).run_pending(T0 + 40) == 0
+    assert Scheduler([booster], misfire_grace_s=60).run_pending(T0 + HOUR + 90) == 0
+    assert Scheduler([booster], misfire_grace_s=60).run_pending(T0 + HOUR + 95) == 0
+    assert wait_for(lambda: booster.message_count() == 1, timeout_s=5)
+    skipped = [line for line in log_lines if booster.queue_name in line and "skipped" in line]
+    assert len(skipped) == 1, skipped
+    assert "missed by 90.0 s" in skipped[0]
