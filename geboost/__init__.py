@@ -36,6 +36,7 @@ from geboost.message import DeadLetter, TaskMessage  # noqa: E402
 from geboost.options import BoostOptions, BrokerKind, PushOptions  # noqa: E402
 from geboost.registry import get_booster, registered_boosters  # noqa: E402
 from geboost.results import AsyncResult, ResultTimeout, TaskFailed  # noqa: E402
+from geboost.schedule import Cron, Every, Schedule, Scheduler  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -50,10 +51,12 @@ __all__ = [
     "BrokerError",
     "BrokerKind",
     "ConfigurationError",
+    "Cron",
     "DeadLetter",
     "DecodeError",
     "Delivery",
     "EncodeError",
+    "Every",
     "GeboostError",
     "MessageRefusedError",
     "PublishError",
@@ -61,6 +64,8 @@ __all__ = [
     "PushResult",
     "Receiver",
     "ResultTimeout",
+    "Schedule",
+    "Scheduler",
     "StateStoreError",
     "TaskFailed",
     "TaskMessage",

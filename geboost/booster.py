@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 import gevent
 
@@ -35,6 +35,9 @@ from geboost.state.base import StateStore, open_state_store
 from geboost.state.keys import dedupe_key, paused_key, result_key
 from geboost.state.recorder import PENDING
 
+if TYPE_CHECKING:
+    from geboost.schedule import Cron, Every, Schedule
+
 __all__ = ["Booster", "PushResult", "boost", "new_booster"]
 
 P = ParamSpec("P")
@@ -63,6 +66,7 @@ class Booster(Generic[P, R]):
         set_queue_level(options.queue_name, options.log_level)
         self._log = queue_logger(options.queue_name)
         self._engine: Engine | None = None
+        self._schedules: list[Schedule] = []
         # The state store (results, pause, dedupe): built here, connected on first use.
         self._state: StateStore | None = open_state_store(
             options.state_url,
@@ -295,6 +299,71 @@ class Booster(Generic[P, R]):
                 error.accepted = accepted
                 self._log.error("push to {} failed, giving up: {}", queue, error)
                 raise error from exc
+
+    # ----------------------------------------------------------------- periodic tasks
+    def every(self, interval_s: float | Every, *args: P.args, **kwargs: P.kwargs) -> Schedule:
+        """Register a call pushed every ``interval_s`` seconds, at multiples of it since the
+        epoch, by a ``Scheduler`` running this booster (``Every(interval_s,
+        misfire_grace_s=...)`` sets the schedule's own grace). Returns the ``Schedule``;
+        registering the same one again returns it.
+
+        Raises ``ConfigurationError`` (``interval_s`` <= 0, no state store: set
+        ``state_url``), ``EncodeError`` (arguments that do not fit, as ``push``).
+        """
+        from geboost.schedule import Every
+
+        when = interval_s if isinstance(interval_s, Every) else Every(interval_s)
+        return self._register(when, args, kwargs)
+
+    def cron(self, expression: str | Cron, *args: P.args, **kwargs: P.kwargs) -> Schedule:
+        """Register a call pushed at each time matching the cron ``expression`` (UTC), by a
+        ``Scheduler`` running this booster. Another time zone or grace: ``Cron(expression,
+        tz="Europe/Paris", misfire_grace_s=...)`` (a ``tz=`` keyword here would be an argument
+        of the function: keywords after ``*args`` belong to it). Returns the ``Schedule``.
+
+        Raises ``ConfigurationError`` (an invalid expression or time zone, no state store),
+        ``EncodeError`` (arguments that do not fit, as ``push``).
+        """
+        from geboost.schedule import Cron
+
+        when = expression if isinstance(expression, Cron) else Cron(expression)
+        return self._register(when, args, kwargs)
+
+    def _register(self, when: Every | Cron, args: Any, kwargs: Any) -> Schedule:
+        from geboost.schedule import Every, Schedule
+
+        store = self._need_state("a schedule")
+        try:
+            self._codec.encode_call(tuple(args), dict(kwargs))  # refused now, not at a tick
+        except EncodeError:
+            if "tz" in kwargs and not isinstance(when, Every):
+                raise ConfigurationError(
+                    f"{self.queue_name}: cron(..., tz=...) passes tz to the function, which "
+                    "does not take it; give the time zone as Cron(expression, tz=...)"
+                ) from None
+            raise
+        schedule = Schedule(self, when, tuple(args), dict(kwargs), store)
+        for known in self._schedules:
+            if known.identity == schedule.identity:
+                if known.when != when:
+                    raise ConfigurationError(
+                        f"{self.queue_name}: {schedule!r} is already registered with "
+                        f"misfire_grace_s={known.when.misfire_grace_s!r}"
+                    )
+                return known
+        self._schedules.append(schedule)
+        self._log.debug("registered {}", schedule)
+        return schedule
+
+    @property
+    def schedules(self) -> list[Schedule]:
+        """The schedules registered with ``every`` and ``cron`` (a copy)."""
+        return list(self._schedules)
+
+    @property
+    def state_store(self) -> StateStore | None:
+        """The booster's state store, or None (RabbitMQ without ``state_url``)."""
+        return self._state
 
     # ----------------------------------------------------------------- consuming
     def consume(self) -> None:

@@ -4,7 +4,15 @@ removes a queue's state with its bookkeeping."""
 
 from __future__ import annotations
 
-__all__ = ["DONE_CHANNEL", "dedupe_key", "done_channel", "paused_key", "result_key"]
+__all__ = [
+    "DONE_CHANNEL",
+    "dedupe_key",
+    "done_channel",
+    "paused_key",
+    "result_key",
+    "schedule_last_key",
+    "schedule_tick_key",
+]
 
 DONE_CHANNEL = "geboost:done"
 """The notification channel: finished tasks' result keys are published on it (the Redis store
@@ -28,3 +36,15 @@ def paused_key(queue_name: str) -> str:
 
 def done_channel() -> str:
     return DONE_CHANNEL
+
+
+def schedule_tick_key(queue_name: str, schedule_id: str, tick_ms: int) -> str:
+    """The claim of one tick of a periodic schedule (``fired`` or ``skipped``); expires
+    ``misfire_grace_s`` + one period + 60 s after it is set."""
+    return f"geboost:{queue_name}:schedule:{schedule_id}:tick:{tick_ms}"
+
+
+def schedule_last_key(queue_name: str, schedule_id: str) -> str:
+    """The last tick (epoch ms) a schedule pushed; expires after max(1 day, 2 periods +
+    ``misfire_grace_s``)."""
+    return f"geboost:{queue_name}:schedule:{schedule_id}:last"
