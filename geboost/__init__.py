@@ -34,6 +34,7 @@ from geboost.errors import (  # noqa: E402
 from geboost.message import DeadLetter, TaskMessage  # noqa: E402
 from geboost.options import BoostOptions, BrokerKind, PushOptions  # noqa: E402
 from geboost.results import AsyncResult, ResultTimeout, TaskFailed  # noqa: E402
+from geboost.state.workers import WorkerInfo, consumer_count, list_workers  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -63,8 +64,11 @@ __all__ = [
     "TaskFailed",
     "TaskMessage",
     "UnknownBrokerError",
+    "WorkerInfo",
     "available_broker_kinds",
     "boost",
+    "consumer_count",
+    "list_workers",
     "new_booster",
     "register_broker",
 ]

@@ -38,6 +38,8 @@ import heapq
 import inspect
 import itertools
 import math
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -51,14 +53,15 @@ from gevent.pool import Group
 
 from geboost.brokers.base import Broker, dead_letter_queue
 from geboost.codec import CallCodec
-from geboost.errors import BrokerError, DecodeError, StateStoreError
+from geboost.errors import BrokerError, ConfigurationError, DecodeError, StateStoreError
 from geboost.log import queue_logger
 from geboost.message import DeadLetter, TaskMessage, encode
 from geboost.options import BoostOptions
 from geboost.puller import Job, Puller
-from geboost.ratelimit import LeakyBucket
+from geboost.ratelimit import FleetBucket, LeakyBucket, StartPacer
+from geboost.state import workers
 from geboost.state.base import StateStore
-from geboost.state.keys import paused_key
+from geboost.state.keys import paused_key, qps_key
 from geboost.state.recorder import TaskRecorder
 
 __all__ = ["Engine"]
@@ -87,7 +90,13 @@ class Engine:
         self._codec = codec
         self.slots = BoundedSemaphore(options.concurrent_num)
         self.calls = Group()
-        self.bucket = LeakyBucket(options.qps_limit)
+        self.bucket: StartPacer = LeakyBucket(options.qps_limit)
+        if options.qps_scope == "queue" and options.qps_limit > 0:
+            if state is None:  # new_booster refuses this; a direct Engine(...) must not pass
+                raise ConfigurationError("qps_scope='queue' needs a state store: set state_url")
+            self.bucket = FleetBucket(
+                state, qps_key(options.queue_name), options.qps_limit, self.log
+            )
         self._stopping = Event()
         self.drained = Event()
         self._stopped = Event()
@@ -110,6 +119,18 @@ class Engine:
         if state is None:
             self._resumed.set()  # else the pause watcher's first read decides
         self._pause_watcher: Greenlet[Any, None] | None = None
+        self._registry_failing = False
+        self.worker = workers.WorkerInfo(
+            worker_id=workers.new_worker_id(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queue_name=options.queue_name,
+            conn_num=options.conn_num,
+            concurrent_num=options.concurrent_num,
+            qps_limit=options.qps_limit,
+            qps_scope=options.qps_scope,
+            started_at=time.time(),
+        )
         if options.qps_limit > 0:
             # About one second of work at most per fetch, so a slow rate holds few messages.
             self.batch_cap = min(options.fetch_batch, max(1, math.ceil(options.qps_limit)))
@@ -128,7 +149,7 @@ class Engine:
             self.pullers.append(puller)
             self._puller_greenlets.append(gevent.spawn(puller.run))
         if self.state is not None:
-            self._pause_watcher = gevent.spawn(self._watch_pause, self.state)
+            self._pause_watcher = gevent.spawn(self._watch_state, self.state)
         self.log.info(
             "consuming with {} connection(s), pool of {}, qps_limit {}",
             self.options.conn_num,
@@ -145,15 +166,21 @@ class Engine:
         """Sleep up to ``timeout_s`` while paused; True at once when not (or no longer) paused."""
         return bool(self._resumed.wait(timeout_s))
 
-    def _watch_pause(self, state: StateStore) -> None:
+    def _watch_state(self, state: StateStore) -> None:
         """Read the queue's pause flag every ``_PAUSE_CHECK_S``; pullers do not fetch and do
         not start calls while it is set. Until the first read, the engine counts as paused (a
         worker started while the queue is paused must not take a message first); a store that
-        fails leaves the last state known (not paused, if it failed from the start)."""
+        fails leaves the last state known (not paused, if it failed from the start). Also
+        keeps this worker's registry entry fresh (every ``WORKER_REFRESH_S``)."""
         key = paused_key(self.queue_name)
         failing = False
         first = True
+        registered_at = -math.inf
         while not self.stopping:
+            if time.monotonic() - registered_at >= workers.WORKER_REFRESH_S and self._heartbeat(
+                state
+            ):
+                registered_at = time.monotonic()
             try:
                 paused = state.get(key) is not None
             except StateStoreError as exc:
@@ -167,6 +194,30 @@ class Engine:
                 self._set_paused(paused, first)
             first = False
             self.wait_stopping(_PAUSE_CHECK_S)
+
+    def _heartbeat(self, state: StateStore) -> bool:
+        """Register or refresh this worker's registry entry; True if that worked."""
+        try:
+            workers.register(state, self.worker, ttl_s=workers.WORKER_TTL_S)
+        except StateStoreError as exc:
+            if not self._registry_failing:
+                self.log.warning("could not refresh the worker registry: {}; retrying", exc)
+            self._registry_failing = True
+            return False
+        self._registry_failing = False
+        return True
+
+    def _unregister(self) -> None:
+        if self.state is None:
+            return
+        try:
+            workers.unregister(self.state, self.queue_name, self.worker.worker_id)
+        except StateStoreError as exc:
+            self.log.warning(
+                "could not leave the worker registry: {}; the entry expires within {:g} s",
+                exc,
+                workers.WORKER_TTL_S,
+            )
 
     def _set_paused(self, paused: bool, first: bool) -> None:
         if paused and (first or not self.paused):
@@ -218,7 +269,11 @@ class Engine:
             if not g.dead:
                 g.kill(block=False)
         if self._pause_watcher is not None:
+            # It leaves by itself at its next check (a kill in the middle of a store call could
+            # return a half-read connection to the pool).
+            self._pause_watcher.join(timeout=5)
             self._pause_watcher.kill(block=False)
+        self._unregister()
         self.broker.close()
         self._stopped.set()
         self.log.info("stopped")

@@ -37,6 +37,8 @@ class MemoryStateStore:
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or inf)
         self._watchers: dict[tuple[str, str], list[Event]] = {}
         self._writes = 0
+        self._next_start: dict[str, float] = {}  # schedule key -> next free start (monotonic)
+        self._registries: dict[str, dict[str, tuple[bytes, float]]] = {}  # -> (info, expires)
 
     def __repr__(self) -> str:
         return f"MemoryStateStore({len(self._values)} keys)"
@@ -87,6 +89,37 @@ class MemoryStateStore:
             if not events:
                 del self._watchers[(channel, token)]
 
+    def book_slots(self, key: str, *, interval_s: float, count: int) -> float:
+        now = time.monotonic()
+        first = max(self._next_start.get(key, now), now)  # idle time earns no credit
+        self._next_start[key] = first + interval_s * count
+        return first - now
+
+    def put_member(self, registry: str, member: str, info: bytes, *, ttl_s: float) -> None:
+        live = self._live(registry)
+        live[member] = (info, time.monotonic() + ttl_s)
+        self._registries[registry] = live
+
+    def remove_member(self, registry: str, member: str) -> bool:
+        live = self._live(registry)
+        found = live.pop(member, None) is not None
+        if not live:
+            self._registries.pop(registry, None)
+        return found
+
+    def members(self, registry: str) -> dict[str, bytes]:
+        return {member: info for member, (info, _) in self._live(registry).items()}
+
+    def _live(self, registry: str) -> dict[str, tuple[bytes, float]]:
+        """The registry without its members past their time (dropped here, so none piles up)."""
+        now = time.monotonic()
+        live = {m: item for m, item in self._registries.get(registry, {}).items() if item[1] > now}
+        if live:
+            self._registries[registry] = live
+        else:
+            self._registries.pop(registry, None)
+        return live
+
     def close(self) -> None:
         pass  # shared by the boosters of the namespace; nothing to release
 
@@ -94,3 +127,5 @@ class MemoryStateStore:
         now = time.monotonic()
         for key in [k for k, (_, expires) in self._values.items() if expires <= now]:
             del self._values[key]
+        for key in [k for k, start in self._next_start.items() if start + 1.0 <= now]:
+            del self._next_start[key]
