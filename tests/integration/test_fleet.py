@@ -20,6 +20,8 @@ import pytest
 import redis
 
 from geboost import Booster, BoostOptions, BrokerConfig, BrokerKind, new_booster
+from geboost.state import open_state_store
+from geboost.state.keys import qps_key, workers_key
 from tests.support import (
     cleanup_queues,
     port_open,
@@ -173,4 +175,29 @@ def test_the_registry_lists_workers_of_every_process_until_they_stop_or_die(queu
         assert client.exists(f"geboost:{queue}:workers") == 0  # nothing left behind
     finally:
         here.stop(timeout_s=5)
+        client.close()
+
+
+def test_the_redis_store_books_contiguous_slots_and_leaves_no_key_behind(queue: str) -> None:
+    store = open_state_store(
+        REDIS_URL, broker_kind="redis", broker_config=BrokerConfig(broker_url=REDIS_URL)
+    )
+    assert store is not None
+    client = redis.Redis.from_url(REDIS_URL)
+    schedule, registry = qps_key(queue), workers_key(queue)
+    try:
+        assert store.book_slots(schedule, interval_s=1.0, count=2) == 0.0  # free: now
+        assert 1.0 < store.book_slots(schedule, interval_s=1.0, count=1) <= 2.0  # after those
+        assert 0 < client.pttl(schedule) <= 4000  # a second after the last booked slot
+
+        store.put_member(registry, "short", b"1", ttl_s=0.3)
+        store.put_member(registry, "long", b"2", ttl_s=30)
+        assert set(store.members(registry)) == {"short", "long"}
+        assert wait_for(lambda: store.members(registry) == {"long": b"2"}, 5)
+        assert 0 < client.pttl(registry) <= 30_000
+        assert store.remove_member(registry, "long")
+        assert not store.remove_member(registry, "long")
+        assert store.members(registry) == {}
+        assert client.exists(registry, registry + ":expiry") == 0
+    finally:
         client.close()
