@@ -1,8 +1,9 @@
 """The engine: ``conn_num`` pullers feeding ONE group of greenlets bounded by ``concurrent_num``.
 
 The engine owns what the pullers share: the slot semaphore, the group of running calls, the
-leaky bucket, and the jobs waiting for a later attempt (retries and dead-letter writes). Each
-puller (``geboost.puller``) owns its receiver, its loop, its acks and its reconnection.
+bucket that paces starts, and the jobs waiting for a later attempt (retries and dead-letter
+writes). Each puller (``geboost.puller``) owns its receiver, its loop, its acks and its
+reconnection.
 
 One slot primitive. ``slots`` is a ``BoundedSemaphore(concurrent_num)``: a puller acquires one
 slot per message before it fetches, and the call gives it back when it ends (``finally``), so no
@@ -15,7 +16,9 @@ starts the due ones at its next step, and every puller's fetch ends by the earli
 so a retry starts on time even when the queue is empty.
 
 The state store (``geboost.state``), when the booster has one: a watcher greenlet reads the
-queue's pause flag every 0.5 s (pullers neither fetch nor start calls while it is set), and,
+queue's pause flag every 0.5 s (pullers neither fetch nor start calls while it is set) and
+keeps this engine's worker registry entry fresh (removed by ``stop``); with
+``qps_scope="queue"`` the bucket is a ``FleetBucket`` booking start slots in the store; and,
 with ``result_ttl_s`` or ``dedupe_ttl_s`` > 0, ``recorder`` hears of each call's start, retry,
 success and dead letter (batched writes, none on the call's path) and acks without calling a
 message whose fingerprint already succeeded. Without those options a call costs no store
