@@ -180,10 +180,6 @@ class Engine:
         first = True
         registered_at = -math.inf
         while not self.stopping:
-            if time.monotonic() - registered_at >= workers.WORKER_REFRESH_S and self._heartbeat(
-                state
-            ):
-                registered_at = time.monotonic()
             try:
                 paused = state.get(key) is not None
             except StateStoreError as exc:
@@ -196,6 +192,10 @@ class Engine:
                 failing = False
                 self._set_paused(paused, first)
             first = False
+            if time.monotonic() - registered_at >= workers.WORKER_REFRESH_S and self._heartbeat(
+                state
+            ):
+                registered_at = time.monotonic()
             self.wait_stopping(_PAUSE_CHECK_S)
 
     def _heartbeat(self, state: StateStore) -> bool:

@@ -201,3 +201,41 @@ def test_the_redis_store_books_contiguous_slots_and_leaves_no_key_behind(queue: 
         assert client.exists(registry, registry + ":expiry") == 0
     finally:
         client.close()
+
+
+def test_a_rabbitmq_booster_shares_the_limit_and_registers_through_its_state_url() -> None:
+    if not port_open("127.0.0.1", 5672):
+        skip_or_fail("no RabbitMQ server answers on 127.0.0.1:5672")
+    queue = unique_name("fleet")
+    done: list[int] = []
+    b = new_booster(
+        BoostOptions(
+            queue_name=queue,
+            consume_func=done.append,
+            broker_kind=BrokerKind.RABBITMQ,
+            broker_config=BrokerConfig(broker_url="127.0.0.1:5672"),
+            state_url=REDIS_URL,
+            qps_limit=50,
+            qps_scope="queue",
+            handle_signals=False,
+            poll_timeout_s=0.2,
+        )
+    )
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        b.push_many([(i,) for i in range(20)])
+        b.consume()
+        assert wait_for(lambda: len(done) == 20, 30)
+        assert [w.pid for w in b.workers()] == [os.getpid()]
+        assert client.exists(qps_key(queue)) == 1  # the fleet's schedule is in the store
+        b.stop(timeout_s=5)
+        assert b.workers() == []
+        assert sorted(done) == list(range(20))
+    finally:
+        b.stop(timeout_s=5)
+        cleanup_queues(b.broker, queue)
+        b.broker.close()
+        keys = list(client.scan_iter(f"geboost:{queue}:*", 1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
