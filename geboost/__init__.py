@@ -37,6 +37,7 @@ from geboost.options import BoostOptions, BrokerKind, PushOptions  # noqa: E402
 from geboost.registry import get_booster, registered_boosters  # noqa: E402
 from geboost.results import AsyncResult, ResultTimeout, TaskFailed  # noqa: E402
 from geboost.schedule import Cron, Every, Schedule, Scheduler  # noqa: E402
+from geboost.state.workers import WorkerInfo, consumer_count, list_workers  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -70,9 +71,12 @@ __all__ = [
     "TaskFailed",
     "TaskMessage",
     "UnknownBrokerError",
+    "WorkerInfo",
     "available_broker_kinds",
     "boost",
+    "consumer_count",
     "get_booster",
+    "list_workers",
     "new_booster",
     "register_broker",
     "registered_boosters",

@@ -34,6 +34,7 @@ from geboost.results import AsyncResult, return_decoder
 from geboost.state.base import StateStore, open_state_store
 from geboost.state.keys import dedupe_key, paused_key, result_key
 from geboost.state.recorder import PENDING
+from geboost.state.workers import WorkerInfo, list_workers
 
 if TYPE_CHECKING:
     from geboost.schedule import Cron, Every, Schedule
@@ -210,6 +211,12 @@ class Booster(Generic[P, R]):
 
     def is_paused(self) -> bool:
         return self._need_state("is_paused").get(paused_key(self.queue_name)) is not None
+
+    def workers(self) -> list[WorkerInfo]:
+        """The workers consuming this queue now, in any process sharing the state store (those
+        killed without stopping drop out within ``WORKER_TTL_S``). Raises
+        ``ConfigurationError`` without a store, ``StateStoreError``."""
+        return list_workers(self._need_state("workers"), self.queue_name)
 
     def push_many(
         self, calls: Iterable[Sequence[Any] | Mapping[str, Any]], *, chunk_size: int = 1000
@@ -565,6 +572,8 @@ def _check_state_needs(options: BoostOptions[Any, Any], state: StateStore | None
     if state is not None:
         return
     needs = [n for n in ("result_ttl_s", "dedupe_ttl_s") if getattr(options, n) > 0]
+    if options.qps_scope == "queue" and options.qps_limit > 0:
+        needs.append("qps_scope='queue'")
     if needs:
         raise ConfigurationError(
             f"{' and '.join(needs)} need a state store, and broker_kind "

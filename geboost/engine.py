@@ -1,8 +1,9 @@
 """The engine: ``conn_num`` pullers feeding ONE group of greenlets bounded by ``concurrent_num``.
 
 The engine owns what the pullers share: the slot semaphore, the group of running calls, the
-leaky bucket, and the jobs waiting for a later attempt (retries and dead-letter writes). Each
-puller (``geboost.puller``) owns its receiver, its loop, its acks and its reconnection.
+bucket that paces starts, and the jobs waiting for a later attempt (retries and dead-letter
+writes). Each puller (``geboost.puller``) owns its receiver, its loop, its acks and its
+reconnection.
 
 One slot primitive. ``slots`` is a ``BoundedSemaphore(concurrent_num)``: a puller acquires one
 slot per message before it fetches, and the call gives it back when it ends (``finally``), so no
@@ -15,7 +16,9 @@ starts the due ones at its next step, and every puller's fetch ends by the earli
 so a retry starts on time even when the queue is empty.
 
 The state store (``geboost.state``), when the booster has one: a watcher greenlet reads the
-queue's pause flag every 0.5 s (pullers neither fetch nor start calls while it is set), and,
+queue's pause flag every 0.5 s (pullers neither fetch nor start calls while it is set) and
+keeps this engine's worker registry entry fresh (removed by ``stop``); with
+``qps_scope="queue"`` the bucket is a ``FleetBucket`` booking start slots in the store; and,
 with ``result_ttl_s`` or ``dedupe_ttl_s`` > 0, ``recorder`` hears of each call's start, retry,
 success and dead letter (batched writes, none on the call's path) and acks without calling a
 message whose fingerprint already succeeded. Without those options a call costs no store
@@ -38,6 +41,8 @@ import heapq
 import inspect
 import itertools
 import math
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable
@@ -51,14 +56,15 @@ from gevent.pool import Group
 
 from geboost.brokers.base import Broker, dead_letter_queue
 from geboost.codec import CallCodec
-from geboost.errors import BrokerError, DecodeError, StateStoreError
+from geboost.errors import BrokerError, ConfigurationError, DecodeError, StateStoreError
 from geboost.log import queue_logger
 from geboost.message import DeadLetter, TaskMessage, encode
 from geboost.options import BoostOptions
 from geboost.puller import Job, Puller
-from geboost.ratelimit import LeakyBucket
+from geboost.ratelimit import FleetBucket, LeakyBucket, StartPacer
+from geboost.state import workers
 from geboost.state.base import StateStore
-from geboost.state.keys import paused_key
+from geboost.state.keys import paused_key, qps_key
 from geboost.state.recorder import TaskRecorder
 
 __all__ = ["Engine"]
@@ -87,7 +93,13 @@ class Engine:
         self._codec = codec
         self.slots = BoundedSemaphore(options.concurrent_num)
         self.calls = Group()
-        self.bucket = LeakyBucket(options.qps_limit)
+        self.bucket: StartPacer = LeakyBucket(options.qps_limit)
+        if options.qps_scope == "queue" and options.qps_limit > 0:
+            if state is None:  # new_booster refuses this; a direct Engine(...) must not pass
+                raise ConfigurationError("qps_scope='queue' needs a state store: set state_url")
+            self.bucket = FleetBucket(
+                state, qps_key(options.queue_name), options.qps_limit, self.log
+            )
         self._stopping = Event()
         self.drained = Event()
         self._stopped = Event()
@@ -110,6 +122,18 @@ class Engine:
         if state is None:
             self._resumed.set()  # else the pause watcher's first read decides
         self._pause_watcher: Greenlet[Any, None] | None = None
+        self._registry_failing = False
+        self.worker = workers.WorkerInfo(
+            worker_id=workers.new_worker_id(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queue_name=options.queue_name,
+            conn_num=options.conn_num,
+            concurrent_num=options.concurrent_num,
+            qps_limit=options.qps_limit,
+            qps_scope=options.qps_scope,
+            started_at=time.time(),
+        )
         if options.qps_limit > 0:
             # About one second of work at most per fetch, so a slow rate holds few messages.
             self.batch_cap = min(options.fetch_batch, max(1, math.ceil(options.qps_limit)))
@@ -128,7 +152,7 @@ class Engine:
             self.pullers.append(puller)
             self._puller_greenlets.append(gevent.spawn(puller.run))
         if self.state is not None:
-            self._pause_watcher = gevent.spawn(self._watch_pause, self.state)
+            self._pause_watcher = gevent.spawn(self._watch_state, self.state)
         self.log.info(
             "consuming with {} connection(s), pool of {}, qps_limit {}",
             self.options.conn_num,
@@ -145,14 +169,16 @@ class Engine:
         """Sleep up to ``timeout_s`` while paused; True at once when not (or no longer) paused."""
         return bool(self._resumed.wait(timeout_s))
 
-    def _watch_pause(self, state: StateStore) -> None:
+    def _watch_state(self, state: StateStore) -> None:
         """Read the queue's pause flag every ``_PAUSE_CHECK_S``; pullers do not fetch and do
         not start calls while it is set. Until the first read, the engine counts as paused (a
         worker started while the queue is paused must not take a message first); a store that
-        fails leaves the last state known (not paused, if it failed from the start)."""
+        fails leaves the last state known (not paused, if it failed from the start). Also
+        keeps this worker's registry entry fresh (every ``WORKER_REFRESH_S``)."""
         key = paused_key(self.queue_name)
         failing = False
         first = True
+        registered_at = -math.inf
         while not self.stopping:
             try:
                 paused = state.get(key) is not None
@@ -166,7 +192,35 @@ class Engine:
                 failing = False
                 self._set_paused(paused, first)
             first = False
+            if time.monotonic() - registered_at >= workers.WORKER_REFRESH_S and self._heartbeat(
+                state
+            ):
+                registered_at = time.monotonic()
             self.wait_stopping(_PAUSE_CHECK_S)
+
+    def _heartbeat(self, state: StateStore) -> bool:
+        """Register or refresh this worker's registry entry; True if that worked."""
+        try:
+            workers.register(state, self.worker, ttl_s=workers.WORKER_TTL_S)
+        except StateStoreError as exc:
+            if not self._registry_failing:
+                self.log.warning("could not refresh the worker registry: {}; retrying", exc)
+            self._registry_failing = True
+            return False
+        self._registry_failing = False
+        return True
+
+    def _unregister(self) -> None:
+        if self.state is None:
+            return
+        try:
+            workers.unregister(self.state, self.queue_name, self.worker.worker_id)
+        except StateStoreError as exc:
+            self.log.warning(
+                "could not leave the worker registry: {}; the entry expires within {:g} s",
+                exc,
+                workers.WORKER_TTL_S,
+            )
 
     def _set_paused(self, paused: bool, first: bool) -> None:
         if paused and (first or not self.paused):
@@ -218,7 +272,11 @@ class Engine:
             if not g.dead:
                 g.kill(block=False)
         if self._pause_watcher is not None:
+            # It leaves by itself at its next check (a kill in the middle of a store call could
+            # return a half-read connection to the pool).
+            self._pause_watcher.join(timeout=5)
             self._pause_watcher.kill(block=False)
+        self._unregister()
         self.broker.close()
         self._stopped.set()
         self.log.info("stopped")

@@ -10,7 +10,8 @@ it sends them in batches between fetches. Its loop, one ``_step`` at a time:
    at most ``poll_timeout_s``, or 20 ms while its own calls run (their acks can only leave
    between fetches, and RabbitMQ sends nothing more until it gets them), and never past the
    time the next waiting job is due;
-4. start each fetched message, paced by the engine's leaky bucket.
+4. start each fetched message, paced by the engine's bucket (``LeakyBucket``, or with
+   ``qps_scope="queue"`` the ``FleetBucket`` that books slots for the whole fleet).
 
 While the queue is paused (``Booster.pause``, read by the engine's watcher), a step fetches
 nothing and starts nothing; messages fetched when the pause arrives go back at once.
@@ -39,6 +40,7 @@ __all__ = ["Job", "Puller"]
 
 _IDLE_WAIT_S = 0.2  # longest a puller waits for a free slot before servicing its connection
 _BUSY_FETCH_S = 0.02  # fetch slice while this puller's calls run, so their acks go out soon
+_BOOK_RETRY_S = 1.0  # a fleet bucket that could not book slots is asked again this often
 
 
 class Job:
@@ -182,11 +184,16 @@ class Puller:
 
     def _wait_start_time(self) -> bool:
         """Sleep until the bucket's next start time, servicing the connection; False if
-        stopping began meanwhile."""
+        stopping began meanwhile. A fleet bucket whose store fails books nothing: then no
+        call starts (the fleet's limit holds) and the booking is tried again every second."""
         engine = self._engine
         if engine.bucket.unlimited:
             return True
-        wake_at = time.monotonic() + engine.bucket.reserve()
+        while (wait_s := engine.bucket.reserve()) is None:
+            if engine.wait_stopping(_BOOK_RETRY_S):
+                return False
+            self.receiver.keepalive()
+        wake_at = time.monotonic() + wait_s
         while True:
             remaining = wake_at - time.monotonic()
             if remaining <= 0:

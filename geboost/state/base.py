@@ -2,9 +2,9 @@
 
 A store holds byte values under string keys, each with an optional time to live, and carries
 notifications (a token on a channel) to the processes that watch for them. Results, task status,
-pause flags and dedupe marks are built on these few methods; later features add methods to the
-protocol (an atomic booking script for fleet rate limits, a registry with TTLs) and
-implement them in both stores.
+pause flags and dedupe marks are built on these few methods; the fleet rate limit on an atomic
+booking of start slots (``book_slots``), the worker registry on members with a time to live
+(``put_member``, ``remove_member``, ``members``). Both stores implement every method.
 
 ``open_state_store`` picks the store for a booster (see its docstring); stores are shared by
 the boosters of a process that name the same place, and building one never connects.
@@ -63,6 +63,27 @@ class StateStore(Protocol):
     def watch(self, channel: str, token: str) -> AbstractContextManager[Watch]:
         """Register for ``token`` on ``channel`` for the duration of the block. Any number of
         watchers share a bounded number of connections."""
+        ...
+
+    def book_slots(self, key: str, *, interval_s: float, count: int) -> float:
+        """Book ``count`` start slots ``interval_s`` apart on the schedule at ``key``, shared by
+        every process using the store, in one atomic step (one round trip); return the seconds
+        from now until the first one (0 when the schedule is free). A schedule in the past
+        restarts from now (idle time earns no credit); the key expires about a second after
+        its last booked slot."""
+        ...
+
+    def put_member(self, registry: str, member: str, info: bytes, *, ttl_s: float) -> None:
+        """Add ``member`` with ``info`` to the registry at key ``registry``, or refresh it, for
+        ``ttl_s`` seconds from now. Members past their time are pruned on every call."""
+        ...
+
+    def remove_member(self, registry: str, member: str) -> bool:
+        """Remove ``member`` from the registry; True if it was there."""
+        ...
+
+    def members(self, registry: str) -> dict[str, bytes]:
+        """The registry's live members and their info."""
         ...
 
     def close(self) -> None: ...

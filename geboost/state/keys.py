@@ -9,9 +9,12 @@ __all__ = [
     "dedupe_key",
     "done_channel",
     "paused_key",
+    "qps_key",
+    "registry_expiry_key",
     "result_key",
     "schedule_last_key",
     "schedule_tick_key",
+    "workers_key",
 ]
 
 DONE_CHANNEL = "geboost:done"
@@ -32,6 +35,23 @@ def dedupe_key(queue_name: str, fingerprint: str) -> str:
 def paused_key(queue_name: str) -> str:
     """Present while the queue is paused (no TTL: it survives worker restarts)."""
     return f"geboost:{queue_name}:paused"
+
+
+def qps_key(queue_name: str) -> str:
+    """The fleet's next free start time (server clock, ms) for ``qps_scope="queue"``; expires
+    one second after the last booked start (an idle queue leaves nothing)."""
+    return f"geboost:{queue_name}:qps"
+
+
+def workers_key(queue_name: str) -> str:
+    """The worker registry: a hash of worker id -> ``WorkerInfo`` JSON; expires with its last
+    worker's heartbeat, and entries past their heartbeat are pruned on each write and read."""
+    return f"geboost:{queue_name}:workers"
+
+
+def registry_expiry_key(registry_key: str) -> str:
+    """Beside a registry hash (Redis store): a sorted set of member -> expiry (server ms)."""
+    return f"{registry_key}:expiry"
 
 
 def done_channel() -> str:

@@ -8,7 +8,7 @@ by a sweep every ``_SWEEP_EVERY`` writes, so keys written per task cannot pile u
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from gevent.event import Event
@@ -33,10 +33,13 @@ class _Watch:
 class MemoryStateStore:
     """See the module docstring. Never fails, never blocks except in ``Watch.wait``."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock  # for expiries and schedules; a test passes its own
         self._values: dict[str, tuple[bytes, float]] = {}  # key -> (value, expires at or inf)
         self._watchers: dict[tuple[str, str], list[Event]] = {}
         self._writes = 0
+        self._next_start: dict[str, float] = {}  # schedule key -> next free start (monotonic)
+        self._registries: dict[str, dict[str, tuple[bytes, float]]] = {}  # -> (info, expires)
 
     def __repr__(self) -> str:
         return f"MemoryStateStore({len(self._values)} keys)"
@@ -45,13 +48,13 @@ class MemoryStateStore:
         item = self._values.get(key)
         if item is None:
             return None
-        if item[1] <= time.monotonic():
+        if item[1] <= self._clock():
             del self._values[key]
             return None
         return item[0]
 
     def set(self, key: str, value: bytes, *, ttl_s: float = 0.0) -> None:
-        expires = time.monotonic() + ttl_s if ttl_s > 0 else float("inf")
+        expires = self._clock() + ttl_s if ttl_s > 0 else float("inf")
         self._values[key] = (value, expires)
         self._writes += 1
         if self._writes % _SWEEP_EVERY == 0:
@@ -87,10 +90,43 @@ class MemoryStateStore:
             if not events:
                 del self._watchers[(channel, token)]
 
+    def book_slots(self, key: str, *, interval_s: float, count: int) -> float:
+        now = self._clock()
+        first = max(self._next_start.get(key, now), now)  # idle time earns no credit
+        self._next_start[key] = first + interval_s * count
+        return first - now
+
+    def put_member(self, registry: str, member: str, info: bytes, *, ttl_s: float) -> None:
+        live = self._live(registry)
+        live[member] = (info, self._clock() + ttl_s)
+        self._registries[registry] = live
+
+    def remove_member(self, registry: str, member: str) -> bool:
+        live = self._live(registry)
+        found = live.pop(member, None) is not None
+        if not live:
+            self._registries.pop(registry, None)
+        return found
+
+    def members(self, registry: str) -> dict[str, bytes]:
+        return {member: info for member, (info, _) in self._live(registry).items()}
+
+    def _live(self, registry: str) -> dict[str, tuple[bytes, float]]:
+        """The registry without its members past their time (dropped here, so none piles up)."""
+        now = self._clock()
+        live = {m: item for m, item in self._registries.get(registry, {}).items() if item[1] > now}
+        if live:
+            self._registries[registry] = live
+        else:
+            self._registries.pop(registry, None)
+        return live
+
     def close(self) -> None:
         pass  # shared by the boosters of the namespace; nothing to release
 
     def _sweep(self) -> None:
-        now = time.monotonic()
+        now = self._clock()
         for key in [k for k, (_, expires) in self._values.items() if expires <= now]:
             del self._values[key]
+        for key in [k for k, start in self._next_start.items() if start + 1.0 <= now]:
+            del self._next_start[key]

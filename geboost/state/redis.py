@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from importlib.resources import files
 from typing import Any
 
 import gevent
@@ -29,6 +30,7 @@ from redis.exceptions import RedisError
 from geboost.brokers.redis_config import RedisSettings, RedisTarget
 from geboost.errors import StateStoreError
 from geboost.log import queue_logger
+from geboost.state.keys import registry_expiry_key
 
 __all__ = ["RedisStateStore"]
 
@@ -53,6 +55,9 @@ for j = 2 * #KEYS + 1, #ARGV, 2 do
 end
 return #KEYS
 """
+# The fleet rate limit's booking and the registry's pruning: .lua files beside this module.
+_BOOK = files(__package__ or "geboost.state").joinpath("redis_book.lua").read_text()
+_REGISTRY = files(__package__ or "geboost.state").joinpath("redis_registry.lua").read_text()
 _RELISTEN_S = 1.0
 _LISTEN_SLICE_S = 1.0  # the listener looks at its closed flag this often
 
@@ -94,7 +99,7 @@ class RedisStateStore:
         self._listener: gevent.Greenlet[Any, None] | None = None
         self._subscribed = Event()
         self._closed = False
-        self._write_script: Any = None
+        self._scripts: dict[str, Any] = {}
         self._log = queue_logger("-")
 
     def __repr__(self) -> str:
@@ -168,10 +173,39 @@ class RedisStateStore:
                         args += [channel, _tokens_encoder.encode(tokens)]
                 script(keys=[key for key, _, _ in chunk], args=args)
 
-    def _script(self, client: Redis) -> Any:
-        if self._write_script is None:
-            self._write_script = client.register_script(_WRITE_BATCH)
-        return self._write_script
+    def _script(self, client: Redis, source: str = _WRITE_BATCH) -> Any:
+        """``source`` registered once (redis-py's ``Script``: EVALSHA, and the source again
+        after ``NOSCRIPT`` from a restarted server)."""
+        script = self._scripts.get(source)
+        if script is None:
+            script = self._scripts[source] = client.register_script(source)
+        return script
+
+    # ----------------------------------------------------------------- fleet rate limits
+    def book_slots(self, key: str, *, interval_s: float, count: int) -> float:
+        with self._guard(f"book {count} slot(s) on {key!r}") as client:
+            wait_us = self._script(client, _BOOK)(keys=[key], args=[interval_s * 1000, count])
+        return int(wait_us) / 1e6
+
+    # ----------------------------------------------------------------- registries
+    def put_member(self, registry: str, member: str, info: bytes, *, ttl_s: float) -> None:
+        keys = [registry, registry_expiry_key(registry)]
+        with self._guard(f"register {member!r} in {registry!r}") as client:
+            self._script(client, _REGISTRY)(keys=keys, args=["put", member, info, _px(ttl_s)])
+
+    def remove_member(self, registry: str, member: str) -> bool:
+        with self._guard(f"remove {member!r} from {registry!r}") as client:
+            pipe = client.pipeline(transaction=True)
+            pipe.hdel(registry, member)
+            pipe.zrem(registry_expiry_key(registry), member)
+            removed, _ = pipe.execute()
+        return bool(removed)
+
+    def members(self, registry: str) -> dict[str, bytes]:
+        keys = [registry, registry_expiry_key(registry)]
+        with self._guard(f"list {registry!r}") as client:
+            flat = self._script(client, _REGISTRY)(keys=keys, args=["list"])
+        return {_text(flat[i]): _bytes(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     # ----------------------------------------------------------------- notifications
     @contextmanager
@@ -264,6 +298,10 @@ class RedisStateStore:
         self._closed = False
         if self._pool is not None:
             self._pool.disconnect(inuse_connections=False)
+
+
+def _bytes(value: Any) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
 
 
 def _text(value: object) -> str:
