@@ -54,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--processes", type=int, default=1, metavar="N", help="worker processes")
     w.add_argument("--queues", metavar="Q1,Q2", help="consume only these queues")
     w.add_argument(
-        "--scheduler", action="store_true", help="run periodic schedules (not available yet)"
+        "--scheduler",
+        action="store_true",
+        help="also run the boosters' periodic schedules (b.every / b.cron); safe in any number "
+        "of workers: each tick is pushed once",
     )
     w.set_defaults(run=commands.worker)
 
@@ -94,6 +97,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("queue", metavar="QUEUE")
     _module_option(p)
     p.set_defaults(run=commands.purge, modules=[])
+
+    for name, what in (("pause", "stop"), ("resume", "start again")):
+        c = sub.add_parser(
+            name,
+            help=f"{name} a queue fleet-wide (needs a state store)",
+            description=f"Every worker of QUEUE, in any process sharing its state store, will "
+            f"{what} starting calls within 1 s. Calls in flight are not interrupted.",
+            epilog=_EPILOG,
+        )
+        c.add_argument("queue", metavar="QUEUE")
+        _module_option(c)
+        c.set_defaults(run=commands.pause_or_resume, modules=[])
     return parser
 
 

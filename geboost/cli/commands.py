@@ -23,11 +23,12 @@ from geboost.cli.loading import (
 )
 from geboost.cli.supervisor import SUPERVISOR_PID_ENV, run_workers
 from geboost.errors import GeboostError
+from geboost.schedule import Scheduler
 
 if TYPE_CHECKING:
     from geboost.booster import Booster
 
-__all__ = ["dlq", "purge", "status", "worker"]
+__all__ = ["dlq", "pause_or_resume", "purge", "status", "worker"]
 
 WIDTH = 80
 
@@ -56,15 +57,13 @@ def _queues(text: str | None) -> list[str] | None:
 
 # --------------------------------------------------------------------------------- worker
 def worker(args: argparse.Namespace) -> int:
-    if args.scheduler:
-        raise CommandError("--scheduler: scheduling is not available in this version", EXIT_USAGE)
     if args.processes < 1:
         raise CommandError(f"--processes must be >= 1, got {args.processes}", EXIT_USAGE)
     queues = _queues(args.queues)
     modules = modules_from(args.modules, args.module)
     if args.processes > 1:
         # The supervisor imports none of the modules: its children do.
-        return run_workers(modules, args.processes, queues)
+        return run_workers(modules, args.processes, queues, scheduler=args.scheduler)
     # Until the boosters consume, a stop request simply ends the process: nothing to settle.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _stop_before_consuming)
@@ -72,16 +71,34 @@ def worker(args: argparse.Namespace) -> int:
     boosters = select_boosters(queues)
     for booster in boosters:
         _broker_call(booster, "reaching the broker", booster.message_count)
+    scheduler = _scheduler(boosters) if args.scheduler else None
     for booster in boosters:
         booster.consume()
         signals.watch(booster)  # whatever its handle_signals: a worker stops on SIGTERM/SIGINT
     logger.info("worker {} consuming {}", os.getpid(), ", ".join(b.queue_name for b in boosters))
     watcher = _watch_supervisor()
     gevent.joinall([gevent.spawn(b.join) for b in boosters])
+    if scheduler is not None:
+        scheduler.stop()
     if watcher is not None:
         watcher.kill()
     logger.info("worker {} stopped", os.getpid())
     return 0
+
+
+def _scheduler(boosters: Sequence[Booster[Any, Any]]) -> Scheduler:
+    """The periodic schedules of ``boosters`` (registered by the modules with every/cron),
+    started; refused when no booster has one, so a forgotten registration is noticed."""
+    if not any(b.schedules for b in boosters):
+        raise CommandError(
+            "--scheduler: none of the boosters has a schedule (register them with b.every(...) "
+            "or b.cron(...) in the module)",
+            EXIT_USAGE,
+        )
+    try:
+        return Scheduler(boosters).start()
+    except GeboostError as exc:
+        raise CommandError(f"--scheduler: {exc}", EXIT_USAGE) from exc
 
 
 def _stop_before_consuming(signum: int, _frame: object) -> None:
@@ -134,10 +151,19 @@ def status_table(boosters: Sequence[Booster[Any, Any]]) -> str:
         waiting = _broker_call(b, "counting", b.message_count)
         in_flight = _broker_call(b, "counting", b.in_flight_count)
         dead = _broker_call(b, "counting", b.dead_letter_count)
-        # delayed, paused, consumers: filled by the scheduling and state-store features.
-        figures = (waiting, in_flight, None, dead, None, None)
-        lines.append(_row(_fit(b.queue_name, name_width), [_cell(v) for v in figures], name_width))
+        paused, consumers = _fleet_figures(b)
+        cells = [_cell(waiting), _cell(in_flight), "-", _cell(dead), paused, _cell(consumers)]
+        lines.append(_row(_fit(b.queue_name, name_width), cells, name_width))
     return "\n".join(lines) + "\n"
+
+
+def _fleet_figures(b: Booster[Any, Any]) -> tuple[str, int | None]:
+    """Paused or not, and the consumers registered: '-' and None without a state store."""
+    if b.state_store is None:
+        return "-", None
+    paused = _broker_call(b, "reading the pause flag", b.is_paused)
+    workers = _broker_call(b, "reading the worker registry", b.workers)
+    return ("yes" if paused else "no"), len(workers)
 
 
 def _row(name: str, cells: Sequence[str], name_width: int) -> str:
@@ -182,6 +208,22 @@ def dlq(args: argparse.Namespace) -> int:
     else:
         removed = _broker_call(booster, "purging", lambda: booster.broker.purge(dead_queue))
         print(f"purged {removed} dead letter(s) from {dead_queue}")
+    return 0
+
+
+def pause_or_resume(args: argparse.Namespace) -> int:
+    """``geboost pause QUEUE`` / ``geboost resume QUEUE``: the fleet-wide flag."""
+    (booster,) = _boosters(args, [args.queue])
+    if booster.state_store is None:
+        raise CommandError(
+            f"queue {booster.queue_name!r} has no state store (set state_url)", EXIT_USAGE
+        )
+    if args.command == "pause":
+        _broker_call(booster, "pausing", booster.pause)
+        print(f"paused {booster.queue_name}: every worker stops starting calls within 1 s")
+    else:
+        _broker_call(booster, "resuming", booster.resume)
+        print(f"resumed {booster.queue_name}: workers start calls again within 1 s")
     return 0
 
 

@@ -36,12 +36,17 @@ _KILL_MARGIN_S = 5.0  # beyond the stop timeout, before a child that does not st
 _CONFIG_EXIT_CODES = (2, 3)  # a child's usage or import error: restarting cannot help
 
 
-def worker_command(modules: Sequence[str], queues: Sequence[str] | None) -> list[str]:
+def worker_command(
+    modules: Sequence[str], queues: Sequence[str] | None, *, scheduler: bool = False
+) -> list[str]:
     """The command line of one child; file paths are made absolute (the child's cwd is ours)."""
     paths = [str(Path(m).resolve()) if m.endswith(".py") or os.sep in m else m for m in modules]
     cmd = [sys.executable, "-m", "geboost", "worker", *paths]
     if queues:
         cmd += ["--queues", ",".join(queues)]
+    if scheduler:
+        # Every child runs one: ticks are claimed in the state store, so each is pushed once.
+        cmd.append("--scheduler")
     return cmd
 
 
@@ -62,15 +67,22 @@ def module_of(func: Callable[..., Any]) -> str:
     return str(name)
 
 
-def run_workers(modules: Sequence[str], processes: int, queues: Sequence[str] | None = None) -> int:
+def run_workers(
+    modules: Sequence[str],
+    processes: int,
+    queues: Sequence[str] | None = None,
+    *,
+    scheduler: bool = False,
+) -> int:
     """Consume the boosters of ``modules`` (or only ``queues``) in ``processes`` worker processes
     under a supervisor; blocks until SIGTERM/SIGINT and returns the exit code (0 when every
-    child stopped gracefully)."""
+    child stopped gracefully). ``scheduler``: each child also runs the boosters' periodic
+    schedules (each tick is still pushed once)."""
     if processes < 1:
         raise ConfigurationError(f"processes must be >= 1, got {processes!r}")
     if not modules:
         raise ConfigurationError("run_workers needs at least one module")
-    return Supervisor(worker_command(modules, queues), processes).run()
+    return Supervisor(worker_command(modules, queues, scheduler=scheduler), processes).run()
 
 
 class _Child:

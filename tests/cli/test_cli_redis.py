@@ -63,6 +63,8 @@ TASKS = textwrap.dedent(
             concurrent_num=10,
         )
     )
+    if os.environ.get("CLI_TEST_EVERY_S"):
+        work_booster.every(float(os.environ["CLI_TEST_EVERY_S"]), 7)
     """
 ).replace("=FAST_LEASE,", f"={FAST_LEASE!r},")
 
@@ -204,7 +206,8 @@ def test_status_dlq_and_purge_confirm_with_counts(env: Env) -> None:
         "PAUSED",
         "CONSUMERS",
     ]
-    assert lines[1].split() == [env.queue, "5", "0", "-", "3", "-", "-"]
+    # A Redis booster has a state store (the broker's Redis): paused no, no consumer now.
+    assert lines[1].split() == [env.queue, "5", "0", "-", "3", "no", "0"]
     assert all(len(line) <= 80 for line in lines)
 
     m = ["-m", str(env.module)]
@@ -263,7 +266,7 @@ def test_bad_input_gets_one_line_and_a_nonzero_exit(env: Env) -> None:
 
     done = env.run("worker", str(env.module), "--scheduler")
     assert done.returncode == 2
-    assert "scheduling is not available in this version" in _one_error_line(done)
+    assert "none of the boosters has a schedule" in _one_error_line(done)
 
 
 def test_a_broker_that_does_not_answer(env: Env) -> None:
@@ -464,3 +467,45 @@ def test_status_watch_redraws_until_ctrl_c(env: Env) -> None:
             stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
     assert proc.returncode == 0, err
     assert f"\n{env.queue} " in out.read_text()
+
+
+def test_pause_resume_and_the_fleet_columns_of_status(env: Env) -> None:
+    m = ["-m", str(env.module)]
+    proc = env.start("worker", str(env.module))
+    try:
+
+        def row() -> list[str]:
+            done = env.run("status", str(env.module))
+            assert done.returncode == 0, done.stderr
+            return done.stdout.splitlines()[1].split()
+
+        assert wait_for(lambda: row()[-1] == "1", 30)  # the worker registered itself
+        paused = env.run("pause", env.queue, *m)
+        assert paused.returncode == 0, paused.stderr
+        assert paused.stdout.startswith(f"paused {env.queue}")
+        assert row()[-2:] == ["yes", "1"]
+        push(env, [1, 2, 3])
+        resumed = env.run("resume", env.queue, *m)
+        assert resumed.returncode == 0, resumed.stderr
+        assert resumed.stdout.startswith(f"resumed {env.queue}")
+        assert wait_for(lambda: sorted(env.ran()) == [1, 2, 3], 30)
+        assert row()[-2:] == ["no", "1"]
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=40)
+        assert proc.returncode == 0
+        assert wait_for(lambda: row()[-1] == "0", 30)  # a stopped worker leaves the registry
+    finally:
+        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+
+
+def test_worker_scheduler_pushes_the_module_schedules(env: Env) -> None:
+    env.env["CLI_TEST_EVERY_S"] = "1"
+    proc = env.start("worker", str(env.module), "--scheduler")
+    try:
+        # every(1, 7): one call of work(7) per second, pushed by the worker's scheduler.
+        assert wait_for(lambda: env.ran().count(7) >= 2, 30)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=40)
+        assert proc.returncode == 0
+    finally:
+        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
