@@ -278,6 +278,10 @@ class Engine:
             self._pause_watcher.kill(block=False)
         self._unregister()
         self.broker.close()
+        if self.state is not None:
+            # Idle connections go, like the broker's: a stopped booster holds none. The store
+            # is shared by the process's boosters; anything still using it reconnects.
+            self.state.close()
         self._stopped.set()
         self.log.info("stopped")
 

@@ -89,7 +89,6 @@ from typing import Any, cast
 
 import gevent
 from gevent.event import Event
-from gevent.queue import LifoQueue
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
 from redis.exceptions import AuthenticationWrongNumberOfArgsError, RedisError
@@ -184,13 +183,8 @@ class RedisBroker:
     def _shared(self) -> Redis:
         """The client on the shared pool, made on first use."""
         if self._client is None:
-            self._pool = BlockingConnectionPool(  # type: ignore[no-untyped-call]
-                connection_class=self.target.connection_class,
-                max_connections=self.settings.pool_max_connections,
-                timeout=self.settings.pool_timeout_s,
-                # The stdlib queue's waits are not greenlet-aware unless threading is patched.
-                queue_class=LifoQueue,
-                **self.target.connection_kwargs,
+            self._pool = self.target.shared_pool(
+                self.settings.pool_max_connections, self.settings.pool_timeout_s
             )
             self._client = Redis(connection_pool=self._pool)
             self._scripts = RedisScripts(self._client)

@@ -12,6 +12,8 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import msgspec
+from gevent.queue import LifoQueue
+from redis import BlockingConnectionPool
 from redis.backoff import NoBackoff
 from redis.connection import Connection, SSLConnection
 from redis.connection import UnixDomainSocketConnection as UnixConnection
@@ -110,6 +112,18 @@ class RedisTarget(msgspec.Struct, frozen=True, kw_only=True):
 
     def __repr__(self) -> str:
         return f"RedisTarget({self.display})"
+
+    def shared_pool(self, max_connections: int, timeout_s: float) -> BlockingConnectionPool:
+        """A pool for any number of greenlets: waiting for a free connection goes through
+        gevent's LifoQueue (the stdlib queue's waits are not greenlet-aware unless threading is
+        patched), and at most ``max_connections`` ever open, however many greenlets ask."""
+        return BlockingConnectionPool(  # type: ignore[no-untyped-call]
+            connection_class=self.connection_class,
+            max_connections=max_connections,
+            timeout=timeout_s,
+            queue_class=LifoQueue,
+            **self.connection_kwargs,
+        )
 
 
 def parse_target(url: str, settings: RedisSettings, given: dict[str, Any]) -> RedisTarget:

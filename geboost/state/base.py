@@ -17,10 +17,12 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
+from gevent.event import Event
+
 from geboost.brokers.base import BrokerConfig
 from geboost.errors import ConfigurationError
 
-__all__ = ["StateStore", "Watch", "open_state_store"]
+__all__ = ["EventWatch", "StateStore", "Watch", "open_state_store"]
 
 
 class Watch(Protocol):
@@ -31,6 +33,20 @@ class Watch(Protocol):
         """Block until the token was notified (True) or ``timeout_s`` passed (False). A True
         may also mean "look again" (the store lost its notification connection meanwhile)."""
         ...
+
+
+class EventWatch:
+    """The ``Watch`` both stores hand out: a gevent Event that the store sets on notification."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def wait(self, timeout_s: float | None) -> bool:
+        got = bool(self.event.wait(timeout_s))
+        self.event.clear()
+        return got
 
 
 class StateStore(Protocol):

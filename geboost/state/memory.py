@@ -13,21 +13,11 @@ from contextlib import contextmanager
 
 from gevent.event import Event
 
+from geboost.state.base import EventWatch
+
 __all__ = ["MemoryStateStore"]
 
 _SWEEP_EVERY = 1000
-
-
-class _Watch:
-    __slots__ = ("event",)
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-
-    def wait(self, timeout_s: float | None) -> bool:
-        got = bool(self.event.wait(timeout_s))
-        self.event.clear()
-        return got
 
 
 class MemoryStateStore:
@@ -79,12 +69,12 @@ class MemoryStateStore:
                 event.set()
 
     @contextmanager
-    def watch(self, channel: str, token: str) -> Iterator[_Watch]:
+    def watch(self, channel: str, token: str) -> Iterator[EventWatch]:
         event = Event()
         events = self._watchers.setdefault((channel, token), [])
         events.append(event)
         try:
-            yield _Watch(event)
+            yield EventWatch(event)
         finally:
             events.remove(event)
             if not events:

@@ -23,13 +23,13 @@ from typing import Any
 import gevent
 import msgspec
 from gevent.event import Event
-from gevent.queue import LifoQueue
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from geboost.brokers.redis_config import RedisSettings, RedisTarget
 from geboost.errors import StateStoreError
 from geboost.log import queue_logger
+from geboost.state.base import EventWatch
 from geboost.state.keys import registry_expiry_key
 
 __all__ = ["RedisStateStore"]
@@ -60,18 +60,6 @@ _BOOK = files(__package__ or "geboost.state").joinpath("redis_book.lua").read_te
 _REGISTRY = files(__package__ or "geboost.state").joinpath("redis_registry.lua").read_text()
 _RELISTEN_S = 1.0
 _LISTEN_SLICE_S = 1.0  # the listener looks at its closed flag this often
-
-
-class _Watch:
-    __slots__ = ("event",)
-
-    def __init__(self, event: Event) -> None:
-        self.event = event
-
-    def wait(self, timeout_s: float | None) -> bool:
-        got = bool(self.event.wait(timeout_s))
-        self.event.clear()
-        return got
 
 
 @contextmanager
@@ -107,12 +95,8 @@ class RedisStateStore:
 
     def _shared(self) -> Redis:
         if self._client is None:
-            self._pool = BlockingConnectionPool(  # type: ignore[no-untyped-call]
-                connection_class=self.target.connection_class,
-                max_connections=self.settings.pool_max_connections,
-                timeout=self.settings.pool_timeout_s,
-                queue_class=LifoQueue,  # greenlet-aware waits for a free connection
-                **self.target.connection_kwargs,
+            self._pool = self.target.shared_pool(
+                self.settings.pool_max_connections, self.settings.pool_timeout_s
             )
             self._client = Redis(connection_pool=self._pool)
         return self._client
@@ -209,7 +193,7 @@ class RedisStateStore:
 
     # ----------------------------------------------------------------- notifications
     @contextmanager
-    def watch(self, channel: str, token: str) -> Iterator[_Watch]:
+    def watch(self, channel: str, token: str) -> Iterator[EventWatch]:
         if not channel.startswith("geboost:"):
             raise StateStoreError(f"watch: channel {channel!r} is outside geboost:*")
         event = Event()
@@ -217,7 +201,7 @@ class RedisStateStore:
         events.append(event)
         try:
             self._ensure_listening()
-            yield _Watch(event)
+            yield EventWatch(event)
         finally:
             events.remove(event)
             if not events:

@@ -506,7 +506,9 @@ def test_booster_connections_do_not_grow_with_concurrent_num(
         counts.append(sum(1 for c in shared.client_list() if c.get("name") == name))
     booster.stop(timeout_s=5)
     print(f"\nconnections seen with 300 greenlets: max {max(counts)} in {len(counts)} samples")
-    assert counts and max(counts) <= 2 + 4  # conn_num + pool_max_connections
+    # conn_num + the broker's pool_max_connections + the one connection of the state store's
+    # watcher (pause flag, worker registry): a fixed bound, whatever concurrent_num is.
+    assert counts and max(counts) <= 2 + 4 + 1
     assert wait_for(lambda: not any(c.get("name") == name for c in shared.client_list()), 5)
 
 
