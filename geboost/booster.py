@@ -110,11 +110,40 @@ class Booster(Generic[P, R]):
         return PushResult(task_id)
 
     def push_with(self, opts: PushOptions, *args: P.args, **kwargs: P.kwargs) -> PushResult:
-        """``push`` with per-task options (``PushOptions``): its task id, and so on."""
+        """``push`` with per-task options (``PushOptions``): its task id, a delay
+        (``countdown_s`` or ``eta``), an expiry (``expire_s``) and a ``priority``.
+
+        A delayed task waits in the broker, not in a worker. A delay or a priority on a broker
+        that does not implement ``publish_timed`` raises ``ConfigurationError``, sending
+        nothing. Otherwise raises what ``push`` raises.
+        """
         if not isinstance(opts, PushOptions):
             raise ConfigurationError(f"push_with takes a PushOptions first, got {opts!r}")
-        body, task_id = self._codec.encode_call(args, kwargs, task_id=opts.task_id)
-        self._publish([body])
+        now = time.time()
+        delay_s = opts.countdown_s
+        if opts.eta is not None:
+            delay_s = max(0.0, opts.eta.timestamp() - now)
+        due_time = now + delay_s if delay_s > 0 else 0.0
+        expires_at = (due_time or now) + opts.expire_s if opts.expire_s else 0.0
+        timed = delay_s > 0 or opts.priority > 0
+        send: Callable[[str, Sequence[bytes]], None] | None = None
+        if timed:
+            publish_timed = getattr(self._broker, "publish_timed", None)
+            if publish_timed is None:
+                raise ConfigurationError(
+                    f"broker_kind {str(self.options.broker_kind)!r} does not support delayed or "
+                    "prioritised tasks (its broker has no publish_timed): push without "
+                    "countdown_s, eta and priority"
+                )
+
+            def send(queue: str, bodies: Sequence[bytes]) -> None:
+                # The delay is counted again at each retry, so a retried push is not late.
+                left_s = max(0.0, due_time - time.time()) if due_time else 0.0
+                publish_timed(queue, bodies, delay_s=left_s, priority=opts.priority)
+
+        timing = (due_time, expires_at, opts.priority) if (timed or expires_at) else None
+        body, task_id = self._codec.encode_call(args, kwargs, task_id=opts.task_id, timing=timing)
+        self._publish([body], send=send)
         return PushResult(task_id)
 
     def push_many(
@@ -152,7 +181,13 @@ class Booster(Generic[P, R]):
                 raise
         return results
 
-    def _publish(self, bodies: list[bytes], *, first_index: int = 0) -> None:
+    def _publish(
+        self,
+        bodies: list[bytes],
+        *,
+        first_index: int = 0,
+        send: Callable[[str, Sequence[bytes]], None] | None = None,
+    ) -> None:
         """The one place where the push retry policy lives.
 
         A ``BrokerError`` is retried ``push_retries`` times, each retry sending only the bodies
@@ -165,9 +200,10 @@ class Booster(Generic[P, R]):
         attempts = self.options.push_retries + 1
         interval_s = self.options.push_retry_interval_s
         accepted = 0
+        publish = send or self._broker.publish
         for attempt in range(1, attempts + 1):
             try:
-                self._broker.publish(queue, bodies[accepted:])
+                publish(queue, bodies[accepted:])
                 return
             except BrokerError as exc:
                 sent_from = accepted

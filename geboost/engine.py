@@ -51,10 +51,22 @@ from geboost.options import BoostOptions
 from geboost.puller import Puller
 from geboost.ratelimit import LeakyBucket
 
-__all__ = ["Engine", "Job"]
+__all__ = ["Engine", "Job", "TaskExpired"]
 
 _TRACEBACK_MAX_CHARS = 8000  # the tail of a long traceback is kept: it ends where it failed
 _DEAD_LETTER_FIRST_RETRY_S = 1.0  # then doubling, up to reconnect_interval_s
+# A message fetched before its due time waits in the engine (held, no slot) when it is due
+# within this; farther, it goes back to the broker's delay (publish_timed) so that a worker
+# never holds long waits (RabbitMQ's delay queues deliver in steps, see brokers/rabbitmq.py).
+_HOLD_MAX_S = 1.0
+_EARLY_S = 0.001  # closer than this to its due time a message just runs
+
+
+class TaskExpired(Exception):
+    """A task pulled after its expiry time; dead-lettered with the error ``"expired"``."""
+
+    def __str__(self) -> str:
+        return "expired"
 
 
 class Job:
@@ -96,6 +108,7 @@ class Engine:
         self._puller_greenlets: list[Greenlet[Any, None]] = []
         self._waiting: list[tuple[float, int, Job]] = []  # heap of (due, tie-breaker, job)
         self._order = itertools.count()
+        self.expired_count = 0  # tasks dead-lettered as expired since this engine started
         if options.qps_limit > 0:
             # About one second of work at most per fetch, so a slow rate holds few messages.
             self.batch_cap = min(options.fetch_batch, max(1, math.ceil(options.qps_limit)))
@@ -239,6 +252,8 @@ class Engine:
                 job.error, job.attempt = exc, 0
                 self._dead_letter(job)
                 return
+            if self._not_to_run_now(job, message):
+                return
         error, final = self._call(job, message)
         if error is None:
             job.puller.ack(job.delivery)
@@ -258,6 +273,45 @@ class Engine:
         )
         job.attempt += 1
         self._wait(job, delay_s)
+
+    def _not_to_run_now(self, job: Job, message: TaskMessage) -> bool:
+        """The scheduling hook, on a freshly pulled message: True if it was set aside (not yet
+        due: held or sent back to the broker's delay) or dead-lettered as expired."""
+        now = time.time()
+        wait_s = message.due_time - now
+        if wait_s > _EARLY_S:
+            if wait_s <= _HOLD_MAX_S or not self._delay_again(job, message, wait_s):
+                self._wait(job, wait_s)
+            return True
+        expires_at = message.expires_at
+        if not expires_at and self.options.msg_expire_s:
+            start = max(message.publish_time, message.due_time)
+            expires_at = start + self.options.msg_expire_s if start else 0.0
+        if expires_at and now > expires_at:
+            self.expired_count += 1
+            job.error, job.attempt = TaskExpired(), 0
+            self._dead_letter(job)
+            return True
+        return False
+
+    def _delay_again(self, job: Job, message: TaskMessage, wait_s: float) -> bool:
+        """Give a message due later back to the broker's delay (confirmed, then acked)."""
+        publish_timed = getattr(self.broker, "publish_timed", None)
+        if publish_timed is None:
+            return False
+        try:
+            publish_timed(
+                self.queue_name, [job.delivery.body], delay_s=wait_s, priority=message.priority
+            )
+        except BrokerError as exc:
+            job.puller.log_for(job).warning(
+                "could not send a task due in {:.3g} s back to the delay ({}); held here",
+                wait_s,
+                exc,
+            )
+            return False
+        job.puller.ack(job.delivery)
+        return True
 
     def _call(self, job: Job, message: TaskMessage) -> tuple[BaseException | None, bool]:
         """Call the user's function: (what it raised or None, whether a retry cannot help)."""
@@ -352,6 +406,8 @@ class Engine:
 def _describe(error: BaseException | None) -> str:
     if error is None:
         return "unknown error"
+    if isinstance(error, TaskExpired):
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 
