@@ -78,6 +78,7 @@ Transport options (``BrokerConfig.broker_transport_options``):
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -107,6 +108,8 @@ __all__ = ["RedisBroker", "RedisReceiver", "held_key", "leases_key"]
 _SCRIPT_CHUNK = 1000  # bodies per script call when acking or requeueing a huge batch
 _SHORT_WAIT_S = 0.2  # waits shorter than this poll instead of blocking in BLMOVE
 _FORGET_AFTER_MIN_S = 600.0  # dead consumers' ids are swept for at least this long
+_TIMED_POLL_S = 0.12  # longest idle wait between takes on a queue with timed pushes
+_PLAIN = 0  # take status: no timed push ever, BLMOVE on Q sees every message
 
 
 def leases_key(queue_name: str) -> str:
@@ -129,6 +132,20 @@ def legacy_consumers_key(queue_name: str) -> str:
 def lease_keys(queue_name: str) -> list[str]:
     """The keys the lease clock (``redis_clock.lua``) works on, in its order."""
     return [leases_key(queue_name), promises_key(queue_name), clock_key(queue_name)]
+
+
+def timed_key(queue_name: str) -> str:
+    """Exists once a delayed or prioritised message was pushed: takers then look further."""
+    return f"geboost:{queue_name}:timed"
+
+
+def delayed_key(queue_name: str) -> str:
+    return f"geboost:{queue_name}:delayed"
+
+
+def lane_prefix(queue_name: str) -> str:
+    """``geboost:Q:p1`` .. ``geboost:Q:p9``: the lists of priorities 1..9 (0 is ``Q`` itself)."""
+    return f"geboost:{queue_name}:p"
 
 
 def held_prefix(queue_name: str) -> str:
@@ -228,13 +245,41 @@ class RedisBroker:
                 pipe.lpush(queue_name, *bodies[start : start + chunk])
             pipe.execute()
 
+    def publish_timed(
+        self, queue_name: str, bodies: Sequence[bytes], *, delay_s: float, priority: int
+    ) -> None:
+        if not bodies:
+            return
+        lane = lane_prefix(queue_name) + str(priority) if priority else queue_name
+        keys = [timed_key(queue_name), delayed_key(queue_name), lane]
+        delay_ms = math.ceil(delay_s * 1000) if delay_s > 0 else 0
+        chunk = self.settings.publish_chunk_size
+        with self._guard(f"publish to {queue_name!r}"):
+            push = self.scripts.push_timed
+            if len(bodies) <= chunk:
+                push(keys, [delay_ms, priority, *bodies])
+                return
+            pipe = self._shared().pipeline(transaction=True)
+            for start in range(0, len(bodies), chunk):
+                push(keys, [delay_ms, priority, *bodies[start : start + chunk]], client=pipe)
+            pipe.execute()
+
     def open_receiver(self, queue_name: str, *, window: int = 100) -> RedisReceiver:
         # Redis hands out only what fetch asks for: nothing is pushed ahead, so no window.
         return RedisReceiver(self, queue_name)
 
     def count(self, queue_name: str) -> int:
+        """Messages waiting: in ``Q``, in the priority lists and delayed."""
         with self._guard(f"count {queue_name!r}") as client:
-            return int(client.llen(queue_name))
+            pipe = client.pipeline(transaction=False)
+            for key in self._waiting_keys(queue_name):
+                pipe.llen(key)
+            pipe.zcard(delayed_key(queue_name))
+            return sum(int(n) for n in pipe.execute())
+
+    @staticmethod
+    def _waiting_keys(queue_name: str) -> list[str]:
+        return [queue_name, *(lane_prefix(queue_name) + str(p) for p in range(1, 10))]
 
     def in_flight(self, queue_name: str) -> int | None:
         with self._guard(f"in_flight {queue_name!r}"):
@@ -244,10 +289,12 @@ class RedisBroker:
     def purge(self, queue_name: str) -> int:
         with self._guard(f"purge {queue_name!r}") as client:
             pipe = client.pipeline(transaction=True)
-            pipe.llen(queue_name)
-            pipe.delete(queue_name)
-            waiting, _ = pipe.execute()
-            return int(waiting)
+            keys = self._waiting_keys(queue_name)
+            for key in keys:
+                pipe.llen(key)
+            pipe.zcard(delayed_key(queue_name))
+            pipe.delete(*keys, delayed_key(queue_name))
+            return sum(int(n) for n in pipe.execute()[:-1])
 
     def recover(self, queue_name: str) -> int:
         """Give back what consumers of ``queue_name`` with expired leases hold; how many.
@@ -359,6 +406,8 @@ class RedisReceiver:
         self.queue_name = queue_name
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._keys = [queue_name, held_key(queue_name, self.consumer_id)]
+        self._timed_keys = [timed_key(queue_name), delayed_key(queue_name)]
+        self._lane_prefix = lane_prefix(queue_name)
         self._lease_keys = lease_keys(queue_name)
         self._client: Redis | None = None
         self._scripts: RedisScripts | None = None
@@ -388,13 +437,15 @@ class RedisReceiver:
 
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
         with self._guard("fetch") as client:
-            bodies = self._take(client, max_count)
-            if not bodies and 0 < timeout_s < _SHORT_WAIT_S:
+            status, bodies = self._take(client, max_count)
+            if not bodies and status != _PLAIN and timeout_s > 0:
+                bodies = self._poll_timed(client, max_count, timeout_s, status)
+            elif not bodies and 0 < timeout_s < _SHORT_WAIT_S:
                 # A short wait (the engine's slice while calls run) is a sleep and a second
                 # take: Redis checks blocking timeouts only every 1/hz s (100 ms by default), so
                 # a 50 ms BLMOVE would in fact wait up to twice that, delaying acks.
                 gevent.sleep(timeout_s)
-                bodies = self._take(client, max_count)
+                _, bodies = self._take(client, max_count)
             elif not bodies and timeout_s > 0:
                 first = client.blmove(
                     self._keys[0],
@@ -408,23 +459,44 @@ class RedisReceiver:
                     return []
                 bodies = [cast(bytes, first)]
                 if max_count > 1:
-                    bodies += self._take(client, max_count - 1)
+                    bodies += self._take(client, max_count - 1)[1]
         self._outstanding.update(bodies)
         return [Delivery(body, self.consumer_id) for body in bodies]
+
+    def _poll_timed(
+        self, client: Redis, max_count: int, timeout_s: float, status: int
+    ) -> list[bytes]:
+        """Wait on a queue with priority lists or delayed messages: BLMOVE watches only ``Q``,
+        so takes are repeated, waking exactly when the next delayed message is due and at
+        least every ``_TIMED_POLL_S`` (a push of a priority or of an earlier delay is seen by
+        then), about 8 commands a second per idle receiver."""
+        deadline = time.monotonic() + timeout_s
+        bodies: list[bytes] = []
+        while not bodies:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                break
+            wait_s = min(remaining_s, _TIMED_POLL_S)
+            if status > 0:
+                wait_s = min(wait_s, status / 1000)
+            gevent.sleep(wait_s)
+            status, bodies = self._take(client, max_count)
+        return bodies
 
     @property
     def _lua(self) -> RedisScripts:
         assert self._scripts is not None  # made with the client, in _guard
         return self._scripts
 
-    def _take(self, client: Redis, count: int) -> list[bytes]:
+    def _take(self, client: Redis, count: int) -> tuple[int, list[bytes]]:
+        """(status, bodies): see ``redis_take.lua`` for the status."""
         taken = self._lua.take(
-            [*self._lease_keys, *self._keys],
-            [*self._broker.settings.lease_args, self.consumer_id, count],
+            [*self._lease_keys, *self._keys, *self._timed_keys],
+            [*self._broker.settings.lease_args, self.consumer_id, count, self._lane_prefix],
             client=client,
         )
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
-        return list(taken)
+        return int(taken[0]), list(taken[1:])
 
     def _block_s(self, timeout_s: float) -> float:
         # Shorter than the socket timeout, or a quiet queue would look like a dead server;
