@@ -50,9 +50,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from geboost.brokers.base import BrokerConfig
 import pika
 
+from geboost.brokers.base import BrokerConfig
 from geboost.brokers.rabbitmq_config import (
     DLQ_SUFFIX,
     RabbitSettings,
@@ -77,7 +77,7 @@ def delay_step_ms(delay_ms: int) -> int:
     if delay_ms < _MIN_DELAY_STEP_MS:
         return 0
     delay_ms = min(delay_ms, _MAX_DELAY_STEP_MS)
-    magnitude = 10 ** (len(str(delay_ms)) - 1)
+    magnitude = int(10 ** (len(str(delay_ms)) - 1))
     return (delay_ms // magnitude) * magnitude
 
 
