@@ -94,6 +94,7 @@ class RabbitMQBroker:
         )
         self._settings.connection_parameters("validation only")  # pika checks, no connection
         self._publisher = Publisher(self._settings)
+        self._delay_targets: set[str] = set()  # work queues declared before a delayed publish
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker(url={self._settings.masked_url!r})"
@@ -116,7 +117,14 @@ class RabbitMQBroker:
             delivery_mode=pika.DeliveryMode.Persistent, priority=priority or None
         )
         step_ms = delay_step_ms(int(delay_s * 1000))
-        target = delay_queue_name(queue_name, step_ms) if step_ms else queue_name
+        target = queue_name
+        if step_ms:
+            target = delay_queue_name(queue_name, step_ms)
+            if queue_name not in self._delay_targets:
+                # RabbitMQ drops a message dead-lettered to a queue that does not exist, so the
+                # work queue must exist before anything can leave a delay queue for it.
+                self.count(queue_name)  # declares it
+                self._delay_targets.add(queue_name)
         self._publisher.publish(target, bodies, properties)
 
     def delay_queue_names(self, queue_name: str, delays_s: Sequence[float]) -> list[str]:

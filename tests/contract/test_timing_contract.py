@@ -113,3 +113,20 @@ def test_priorities_are_taken_highest_first_then_in_push_order(
     assert wait_for(lambda: len(order) == 1000, timeout_s=60)
     assert order == sorted(order, key=lambda pair: (-pair[0], pair[1]))
     b.stop(timeout_s=5)
+
+
+def test_a_delayed_task_pushed_before_any_consumer_existed_is_kept(
+    spec: BrokerSpec, queue_name: str, stop_after: list[Any]
+) -> None:
+    # RabbitMQ drops what a delay queue dead-letters to a queue that does not exist yet.
+    ran: list[int] = []
+    b = _booster(spec, queue_name, ran.append)
+    stop_after.append(b)
+    due = time.time() + 0.3
+    b.push_with(PushOptions(countdown_s=0.3), 7)
+    assert wait_for(lambda: time.time() > due + 0.5, timeout_s=3)
+    assert wait_for(lambda: b.message_count() == 1, timeout_s=5)
+    b.consume()
+    assert wait_for(lambda: ran == [7], timeout_s=10)
+    b.stop(timeout_s=5)
+    _forget_delay_queues(spec, queue_name, [0.3])
