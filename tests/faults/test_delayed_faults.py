@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import time
 import uuid
 from collections import Counter
@@ -27,7 +26,6 @@ from tests.faults.test_rabbitmq_faults import RABBIT, recorded
 from tests.faults.test_rabbitmq_faults import qname as qname
 from tests.faults.test_rabbitmq_faults import worker_cmd as rabbit_worker_cmd
 from tests.faults.test_redis_faults import (
-    FAST_LEASE,
     PrivateRedis,
     _spawn,
     events,
@@ -151,6 +149,3 @@ def _root() -> Path:
 
 def _tail(tmp_path: Path) -> str:
     return "".join(p.read_text()[-2000:] for p in sorted(tmp_path.glob("*.log")))
-
-
-_ = (FAST_LEASE, subprocess)  # the Redis workers use the fault tests' short leases
