@@ -57,6 +57,9 @@ class Sizes:
     http_delay_s: float = 0.1
     qps_n: int = 2_000
     qps_limit: float = 200.0
+    delay_n: int = 1_000
+    delay_rss_n: int = 100_000
+    delay_settle_s: float = 3.0
 
 
 QUICK = Sizes(
@@ -71,6 +74,9 @@ QUICK = Sizes(
     http_concurrent=100,
     qps_n=40,
     qps_limit=100.0,
+    delay_n=100,
+    delay_rss_n=1_000,
+    delay_settle_s=1.0,
 )
 
 
@@ -262,6 +268,7 @@ class Bench:
         self.queues: list[str] = []
         self.pool: dict[str, dict[str, Any]] = {}  # bare-Pool ceilings, by scenario key
         self.noop_rate: dict[str, float | None] = {}  # consume-noop, what consume-typed is to
+        self.only: set[str] = set()  # step names to run (--only); empty: all
 
     def queue(self, broker: str, name: str) -> str:
         queue = f"{self.run_id}-{broker}-{name}"
@@ -466,6 +473,59 @@ class Bench:
                 row.verdict = verdict(ok)
         self.add(row)
 
+    def delay_accuracy(self, broker: str) -> None:
+        """How late delayed tasks start: ``delay_n`` due within the same second (delayed.py)."""
+        n = self.sizes.delay_n
+        queue = self.queue(broker, "delay-accuracy")
+        result = run_process(
+            "delayed.py", self.spec(broker, mode="accuracy", queue=queue, n=n), 180
+        )
+        measure = f"delayed: {n:,} due in the same second, late by"
+        if not result["ok"]:
+            self.add(Row(broker, measure, failed(result), detail=result))
+            return
+        median, p99 = result["median_ms"], result["p99_ms"]
+        self.add(
+            Row(
+                broker,
+                measure,
+                f"median {median:.1f} ms, p99 {p99:.1f} ms",
+                median,
+                "ms",
+                target="median <= 50, p99 <= 200",
+                verdict=verdict(median <= 50 and p99 <= 200),
+                detail=result,
+            )
+        )
+
+    def delay_rss(self, broker: str) -> None:
+        """A worker's resident set with ``delay_rss_n`` delayed tasks waiting, against idle."""
+        n = self.sizes.delay_rss_n
+        measure = f"delayed: {n:,} waiting, worker RSS"
+        if broker == "memory":
+            self.add(Row(broker, measure, "n/a: the memory broker lives in the worker"))
+            return
+        queue = self.queue(broker, "delay-rss")
+        settle_s = self.sizes.delay_settle_s
+        spec = self.spec(broker, mode="rss", queue=queue, n=n, settle_s=settle_s)
+        result = run_process("delayed.py", spec, 900)
+        if not result["ok"]:
+            self.add(Row(broker, measure, failed(result), detail=result))
+            return
+        delta = result["delta_mb"]
+        self.add(
+            Row(
+                broker,
+                measure,
+                f"{delta:+.1f} MB over idle ({result['idle_mb']:.0f} MB)",
+                delta,
+                "MB",
+                target="<= +20 MB",
+                verdict=verdict(delta <= 20),
+                detail=result,
+            )
+        )
+
     def qps(self, broker: str) -> None:
         s = self.sizes
         result = self.consume(
@@ -517,8 +577,12 @@ class Bench:
             ),
             *[(fan.label, partial(self.fanout, broker, fan)) for fan in fanouts(self.sizes)],
             ("qps", lambda: self.qps(broker)),
+            ("delay-accuracy", lambda: self.delay_accuracy(broker)),
+            ("delay-rss", lambda: self.delay_rss(broker)),
         ]
         for name, step in steps:
+            if self.only and name not in self.only:
+                continue
             try:
                 step()
             except RunFailed as exc:
@@ -580,6 +644,9 @@ def main() -> int:
         "--brokers", default=",".join(BROKERS), help="comma-separated, default: all"
     )
     parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument(
+        "--only", default="", help="comma-separated step names (e.g. delay-accuracy,delay-rss)"
+    )
     args = parser.parse_args()
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     unknown = set(brokers) - set(BROKERS)
@@ -590,9 +657,11 @@ def main() -> int:
     started = time.monotonic()
     with http_server(sizes.http_delay_s) as url:
         bench = Bench(sizes, run_id, url)
+        bench.only = {name.strip() for name in args.only.split(",") if name.strip()}
         try:
             try:
-                bench.pool_ceilings()
+                if not bench.only:
+                    bench.pool_ceilings()
             except RunFailed as exc:
                 bench.add(Row("gevent", "ceilings", f"FAILED ({exc})"))
             for broker in brokers:
