@@ -9,6 +9,11 @@ Data layout, for a queue named ``Q`` (the dead-letter queue ``Q.dlq`` is a queue
 - ``geboost:Q:leases`` -- a ZSET: consumer id -> when its lease EXPIRES (server ms).
 - ``geboost:Q:promises`` -- a ZSET: consumer id -> by when it promised to touch ``Q`` again.
 - ``geboost:Q:touched`` -- the server time of the last touch (take, heartbeat or recovery).
+- ``geboost:Q:p1`` .. ``geboost:Q:p9`` -- LISTs of waiting messages of priority 1..9 (0 is ``Q``).
+- ``geboost:Q:delayed`` -- a ZSET of delayed messages, ``<priority digit><body>`` scored by
+  their due time (server ms); the take script moves due ones to their list.
+- ``geboost:Q:timed`` -- set by the first delayed or prioritised push (``publish_timed``); until
+  it exists takes skip the two keys above. See the README ("Priorities and delays on Redis").
 
 (``geboost:Q:consumers``, where earlier versions kept each consumer's last beat, is only read
 to give back what a consumer silent there for ``forget`` time (>= 600 s) still held.)
