@@ -113,8 +113,6 @@ __all__ = ["RedisBroker", "RedisReceiver", "held_key", "leases_key"]
 _SCRIPT_CHUNK = 1000  # bodies per script call when acking or requeueing a huge batch
 _SHORT_WAIT_S = 0.2  # waits shorter than this poll instead of blocking in BLMOVE
 _FORGET_AFTER_MIN_S = 600.0  # dead consumers' ids are swept for at least this long
-_TIMED_POLL_S = 0.12  # longest idle wait between takes on a queue with timed pushes
-_PLAIN = 0  # take status: no timed push ever, BLMOVE on Q sees every message
 
 
 def leases_key(queue_name: str) -> str:
@@ -256,7 +254,7 @@ class RedisBroker:
         if not bodies:
             return
         lane = lane_prefix(queue_name) + str(priority) if priority else queue_name
-        keys = [timed_key(queue_name), delayed_key(queue_name), lane]
+        keys = [timed_key(queue_name), delayed_key(queue_name), lane, queue_name]
         delay_ms = math.ceil(delay_s * 1000) if delay_s > 0 else 0
         chunk = self.settings.publish_chunk_size
         with self._guard(f"publish to {queue_name!r}"):
@@ -280,7 +278,9 @@ class RedisBroker:
             for key in self._waiting_keys(queue_name):
                 pipe.llen(key)
             pipe.zcard(delayed_key(queue_name))
-            return sum(int(n) for n in pipe.execute())
+            pipe.lpos(queue_name, "", rank=-1)  # a wake-up token (at most one) is no message
+            *counts, token = pipe.execute()
+            return sum(int(n) for n in counts) - (token is not None)
 
     @staticmethod
     def _waiting_keys(queue_name: str) -> list[str]:
@@ -298,8 +298,10 @@ class RedisBroker:
             for key in keys:
                 pipe.llen(key)
             pipe.zcard(delayed_key(queue_name))
+            pipe.lpos(queue_name, "", rank=-1)
             pipe.delete(*keys, delayed_key(queue_name))
-            return sum(int(n) for n in pipe.execute()[:-1])
+            *counts, token, _ = pipe.execute()
+            return sum(int(n) for n in counts) - (token is not None)
 
     def recover(self, queue_name: str) -> int:
         """Give back what consumers of ``queue_name`` with expired leases hold; how many.
@@ -443,50 +445,55 @@ class RedisReceiver:
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
         with self._guard("fetch") as client:
             status, bodies = self._take(client, max_count)
-            if not bodies and status != _PLAIN and timeout_s > 0:
-                bodies = self._poll_timed(client, max_count, timeout_s, status)
-            elif not bodies and 0 < timeout_s < _SHORT_WAIT_S:
-                # A short wait (the engine's slice while calls run) is a sleep and a second
-                # take: Redis checks blocking timeouts only every 1/hz s (100 ms by default), so
-                # a 50 ms BLMOVE would in fact wait up to twice that, delaying acks.
-                gevent.sleep(timeout_s)
-                _, bodies = self._take(client, max_count)
-            elif not bodies and timeout_s > 0:
-                first = client.blmove(
-                    self._keys[0],
-                    self._keys[1],
-                    # Redis takes decimal seconds; redis-py's hint says int.
-                    self._block_s(timeout_s),  # type: ignore[arg-type]
-                    "RIGHT",
-                    "LEFT",
-                )
-                if first is None:
-                    return []
-                bodies = [cast(bytes, first)]
-                if max_count > 1:
-                    bodies += self._take(client, max_count - 1)[1]
+            if not bodies and timeout_s > 0:
+                bodies = self._wait_and_take(client, max_count, timeout_s, status)
         self._outstanding.update(bodies)
         return [Delivery(body, self.consumer_id) for body in bodies]
 
-    def _poll_timed(
+    def _wait_and_take(
         self, client: Redis, max_count: int, timeout_s: float, status: int
     ) -> list[bytes]:
-        """Wait on a queue with priority lists or delayed messages: BLMOVE watches only ``Q``,
-        so takes are repeated, waking exactly when the next delayed message is due and at
-        least every ``_TIMED_POLL_S`` (a push of a priority or of an earlier delay is seen by
-        then), about 8 commands a second per idle receiver."""
+        """Wait up to ``timeout_s`` for messages: in ``BLMOVE`` on ``Q`` (one command however
+        long; a delayed or prioritised push wakes it with an empty token on ``Q``), and by
+        sleeping for the last stretch before a delayed message is due.
+
+        Short waits are a sleep and a second take: Redis checks blocking timeouts only every
+        1/hz s (100 ms by default), so a 50 ms BLMOVE would in fact wait up to twice that.
+        """
         deadline = time.monotonic() + timeout_s
-        bodies: list[bytes] = []
-        while not bodies:
-            remaining_s = deadline - time.monotonic()
-            if remaining_s <= 0:
-                break
-            wait_s = min(remaining_s, _TIMED_POLL_S)
-            if status > 0:
-                wait_s = min(wait_s, status / 1000)
-            gevent.sleep(wait_s)
-            status, bodies = self._take(client, max_count)
-        return bodies
+        while True:
+            wait_s = deadline - time.monotonic()
+            due_s = status / 1000 if status > 0 else math.inf
+            if wait_s <= 0:
+                return []
+            if min(wait_s, due_s) < _SHORT_WAIT_S:
+                gevent.sleep(min(wait_s, due_s))
+                status, bodies = self._take(client, max_count)
+                if bodies or due_s > wait_s:
+                    return bodies
+                continue
+            # Wake a little before a due time, then sleep the rest precisely.
+            block_s = min(wait_s, due_s - _SHORT_WAIT_S / 2)
+            first = client.blmove(
+                self._keys[0],
+                self._keys[1],
+                # Redis takes decimal seconds; redis-py's hint says int.
+                self._block_s(block_s),  # type: ignore[arg-type]
+                "RIGHT",
+                "LEFT",
+            )
+            if first is None and due_s == math.inf:
+                return []  # as before timed pushes: one BLMOVE per idle fetch
+            bodies = []
+            if first == b"":
+                client.lrem(self._keys[1], 1, "")  # push_timed's wake-up token
+            elif first is not None:
+                bodies = [cast(bytes, first)]
+            if not bodies or max_count > 1:
+                status, more = self._take(client, max_count - len(bodies))
+                bodies += more
+            if bodies:
+                return bodies
 
     @property
     def _lua(self) -> RedisScripts:

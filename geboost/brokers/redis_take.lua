@@ -12,10 +12,16 @@ local function drain(source)
   while #out <= want do
     local body = redis.call('LMOVE', source, KEYS[5], 'RIGHT', 'LEFT')
     if not body then return end
-    out[#out + 1] = body
+    if body == '' then
+      redis.call('LREM', KEYS[5], 1, '')  -- a wake-up token of push_timed, not a message
+    else
+      out[#out + 1] = body
+    end
   end
 end
 if redis.call('EXISTS', KEYS[6]) == 1 then
+  local lanes = {}
+  for priority = 9, 1, -1 do lanes[#lanes + 1] = ARGV[5] .. priority end
   -- Due delayed messages join the pushing end of their priority's list, in due order.
   local due = redis.call('ZRANGEBYSCORE', KEYS[7], '-inf', now_ms, 'LIMIT', 0, 1000)
   for _, member in ipairs(due) do
@@ -25,7 +31,9 @@ if redis.call('EXISTS', KEYS[6]) == 1 then
     if priority ~= '0' then lane = ARGV[5] .. priority end
     redis.call('LPUSH', lane, string.sub(member, 2))
   end
-  for priority = 9, 1, -1 do drain(ARGV[5] .. priority) end
+  if redis.call('EXISTS', unpack(lanes)) > 0 then
+    for _, lane in ipairs(lanes) do drain(lane) end
+  end
   out[1] = -1
   local next_due = redis.call('ZRANGE', KEYS[7], 0, 0, 'WITHSCORES')
   if #next_due > 0 then out[1] = math.max(1, tonumber(next_due[2]) - now_ms) end
