@@ -137,6 +137,12 @@ def lease_keys(queue_name: str) -> list[str]:
     return [leases_key(queue_name), promises_key(queue_name), clock_key(queue_name)]
 
 
+WAKE_TOKEN = "geboost:wake"
+"""Pushed by ``redis_push_timed.lua`` on an empty ``Q`` to wake consumers blocked in BLMOVE;
+takers drop it (never a message: not a JSON document) and counts leave it out."""
+_WAKE_BYTES = WAKE_TOKEN.encode()
+
+
 def timed_key(queue_name: str) -> str:
     """Exists once a delayed or prioritised message was pushed: takers then look further."""
     return f"geboost:{queue_name}:timed"
@@ -278,7 +284,7 @@ class RedisBroker:
             for key in self._waiting_keys(queue_name):
                 pipe.llen(key)
             pipe.zcard(delayed_key(queue_name))
-            pipe.lpos(queue_name, "", rank=-1)  # a wake-up token (at most one) is no message
+            pipe.lpos(queue_name, WAKE_TOKEN, rank=-1)  # a wake-up token (at most one)
             *counts, token = pipe.execute()
             return sum(int(n) for n in counts) - (token is not None)
 
@@ -298,7 +304,7 @@ class RedisBroker:
             for key in keys:
                 pipe.llen(key)
             pipe.zcard(delayed_key(queue_name))
-            pipe.lpos(queue_name, "", rank=-1)
+            pipe.lpos(queue_name, WAKE_TOKEN, rank=-1)
             pipe.delete(*keys, delayed_key(queue_name))
             *counts, token, _ = pipe.execute()
             return sum(int(n) for n in counts) - (token is not None)
@@ -485,8 +491,8 @@ class RedisReceiver:
             if first is None and due_s == math.inf:
                 return []  # as before timed pushes: one BLMOVE per idle fetch
             bodies = []
-            if first == b"":
-                client.lrem(self._keys[1], 1, "")  # push_timed's wake-up token
+            if first == _WAKE_BYTES:
+                client.lrem(self._keys[1], 1, WAKE_TOKEN)  # push_timed's wake-up token
             elif first is not None:
                 bodies = [cast(bytes, first)]
             if not bodies or max_count > 1:

@@ -12,8 +12,8 @@ local function drain(source)
   while #out <= want do
     local body = redis.call('LMOVE', source, KEYS[5], 'RIGHT', 'LEFT')
     if not body then return end
-    if body == '' then
-      redis.call('LREM', KEYS[5], 1, '')  -- a wake-up token of push_timed, not a message
+    if body == 'geboost:wake' then
+      redis.call('LREM', KEYS[5], 1, body)  -- a wake-up token of push_timed, not a message
     else
       out[#out + 1] = body
     end
