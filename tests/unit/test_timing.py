@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from geboost import BoostOptions, ConfigurationError, PushOptions, new_booster, register_broker
+from geboost.brokers.memory import _queue as memory_queue
 from geboost.brokers.rabbitmq import delay_step_ms
 from geboost.message import TaskMessage, decode_task, encode, make_task
 from tests.plugin.toy_broker import ToyBroker
-from tests.support import memory_booster
+from tests.support import memory_booster, wait_for
 
 
 def _add(a: int, b: int) -> int:
@@ -90,3 +93,60 @@ def test_rabbitmq_delay_steps_keep_one_significant_digit(delay_ms: int, step_ms:
 
 def test_rabbitmq_delay_steps_stay_within_the_ttl_limit() -> None:
     assert delay_step_ms(10**12) <= 2**32 - 1
+
+
+def test_push_with_delays_are_type_checked_like_push(tmp_path: Path) -> None:
+    mypy_api = pytest.importorskip("mypy.api")
+    source = tmp_path / "snippet.py"
+    source.write_text(
+        "from geboost import BoostOptions, PushOptions, new_booster\n"
+        "def add(x: int, y: int) -> int:\n"
+        "    return x + y\n"
+        "b = new_booster(BoostOptions(queue_name='q', consume_func=add))\n"
+        "b.push_with(PushOptions(countdown_s=5), 1, 2)\n"
+        "b.push_with(PushOptions(priority=9), 1, y=2)\n"
+        "b.push_with(PushOptions(countdown_s=5), 'one', 2)  # line 7\n"
+        "b.push_with(PushOptions(expire_s=5), 1)  # line 8\n"
+    )
+    out, _err, status = mypy_api.run(
+        ["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "c"), str(source)]
+    )
+    errors = {int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line}
+    assert status == 1 and errors == {7, 8}, out
+
+
+def test_a_task_pulled_long_before_it_is_due_goes_back_to_the_delay_unrun() -> None:
+    # A broker's delay may hand a message over early (RabbitMQ's delay steps): due within a
+    # second it is held; farther, it goes back to the broker's delay and is acked.
+    ran: list[int] = []
+    b = memory_booster(ran.append)
+    early = TaskMessage(task_id="early", args=[1], due_time=time.time() + 30)
+    b.broker.publish(b.queue_name, [encode(early)])
+    b.consume()
+    try:
+        queue = memory_queue(b.broker._namespace, b.queue_name)  # type: ignore[attr-defined]
+        assert wait_for(lambda: len(queue.delayed) == 1, 5)  # back in the broker's delay
+        assert wait_for(lambda: b.in_flight_count() == 0, 5)  # and acked
+        assert b.message_count() == 1
+        assert ran == []
+        engine = b._engine
+        assert engine is not None and engine.next_due() is None  # nothing held in the worker
+    finally:
+        b.stop(timeout_s=2)
+
+
+def test_rabbitmq_work_queues_get_max_priority_unless_told_otherwise() -> None:
+    from geboost.brokers.rabbitmq_config import RabbitSettings
+
+    plain = RabbitSettings.from_config("", {})
+    assert plain.arguments_for("q") == {"x-max-priority": 9}
+    assert plain.arguments_for("q.dlq") == {}
+    assert plain.arguments_for("q.delay-5000ms") == {
+        "x-message-ttl": 5000,
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "q",
+    }
+    legacy = RabbitSettings.from_config("", {"queue_arguments": {"x-max-priority": None}})
+    assert legacy.arguments_for("q") == {}
+    quorum = RabbitSettings.from_config("", {"queue_arguments": {"x-queue-type": "quorum"}})
+    assert quorum.arguments_for("q") == {"x-queue-type": "quorum"}
