@@ -109,6 +109,7 @@ class Engine:
         self._waiting: list[tuple[float, int, Job]] = []  # heap of (due, tie-breaker, job)
         self._order = itertools.count()
         self.expired_count = 0  # tasks dead-lettered as expired since this engine started
+        self._expire_s = options.msg_expire_s
         if options.qps_limit > 0:
             # About one second of work at most per fetch, so a slow rate holds few messages.
             self.batch_cap = min(options.fetch_batch, max(1, math.ceil(options.qps_limit)))
@@ -252,7 +253,8 @@ class Engine:
                 job.error, job.attempt = exc, 0
                 self._dead_letter(job)
                 return
-            if self._not_to_run_now(job, message):
+            timed = message.due_time or message.expires_at or self._expire_s
+            if timed and self._not_to_run_now(job, message):
                 return
         error, final = self._call(job, message)
         if error is None:
@@ -275,8 +277,9 @@ class Engine:
         self._wait(job, delay_s)
 
     def _not_to_run_now(self, job: Job, message: TaskMessage) -> bool:
-        """The scheduling hook, on a freshly pulled message: True if it was set aside (not yet
-        due: held or sent back to the broker's delay) or dead-lettered as expired."""
+        """The scheduling hook, on a freshly pulled message with a due time or an expiry (plain
+        messages skip it: no clock read): True if it was set aside (not yet due: held or sent
+        back to the broker's delay) or dead-lettered as expired."""
         now = time.time()
         wait_s = message.due_time - now
         if wait_s > _EARLY_S:
@@ -284,9 +287,9 @@ class Engine:
                 self._wait(job, wait_s)
             return True
         expires_at = message.expires_at
-        if not expires_at and self.options.msg_expire_s:
+        if not expires_at and self._expire_s:
             start = max(message.publish_time, message.due_time)
-            expires_at = start + self.options.msg_expire_s if start else 0.0
+            expires_at = start + self._expire_s if start else 0.0
         if expires_at and now > expires_at:
             self.expired_count += 1
             job.error, job.attempt = TaskExpired(), 0
