@@ -62,6 +62,9 @@ class Sizes:
     rpc_n: int = 1_000
     fleet_noop_n: int = 100_000
     fleet_fanout_n: int = 20_000
+    delay_n: int = 1_000
+    delay_rss_n: int = 100_000
+    delay_settle_s: float = 3.0
 
 
 QUICK = Sizes(
@@ -79,6 +82,9 @@ QUICK = Sizes(
     rpc_n=50,
     fleet_noop_n=300,
     fleet_fanout_n=200,
+    delay_n=100,
+    delay_rss_n=1_000,
+    delay_settle_s=1.0,
 )
 
 
@@ -597,6 +603,59 @@ class Bench:
                 raise RunFailed(why)
             time.sleep(0.05)
 
+    def delay_accuracy(self, broker: str) -> None:
+        """How late delayed tasks start: ``delay_n`` due within the same second (delayed.py)."""
+        n = self.sizes.delay_n
+        queue = self.queue(broker, "delay-accuracy")
+        result = run_process(
+            "delayed.py", self.spec(broker, mode="accuracy", queue=queue, n=n), 180
+        )
+        measure = f"delayed: {n:,} due in the same second, late by"
+        if not result["ok"]:
+            self.add(Row(broker, measure, failed(result), detail=result))
+            return
+        median, p99 = result["median_ms"], result["p99_ms"]
+        self.add(
+            Row(
+                broker,
+                measure,
+                f"median {median:.1f} ms, p99 {p99:.1f} ms",
+                median,
+                "ms",
+                target="median <= 50, p99 <= 200",
+                verdict=verdict(median <= 50 and p99 <= 200),
+                detail=result,
+            )
+        )
+
+    def delay_rss(self, broker: str) -> None:
+        """A worker's resident set with ``delay_rss_n`` delayed tasks waiting, against idle."""
+        n = self.sizes.delay_rss_n
+        measure = f"delayed: {n:,} waiting, worker RSS"
+        if broker == "memory":
+            self.add(Row(broker, measure, "n/a: the memory broker lives in the worker"))
+            return
+        queue = self.queue(broker, "delay-rss")
+        settle_s = self.sizes.delay_settle_s
+        spec = self.spec(broker, mode="rss", queue=queue, n=n, settle_s=settle_s)
+        result = run_process("delayed.py", spec, 900)
+        if not result["ok"]:
+            self.add(Row(broker, measure, failed(result), detail=result))
+            return
+        delta = result["delta_mb"]
+        self.add(
+            Row(
+                broker,
+                measure,
+                f"{delta:+.1f} MB over idle ({result['idle_mb']:.0f} MB)",
+                delta,
+                "MB",
+                target="<= +20 MB",
+                verdict=verdict(delta <= 20),
+                detail=result,
+            )
+        )
+
     def qps(self, broker: str) -> None:
         s = self.sizes
         result = self.consume(
@@ -698,6 +757,8 @@ class Bench:
             ("qps", lambda: self.qps(broker)),
             ("results", lambda: self.results(broker)),
             *([("fleet", lambda: self.fleet(broker))] if broker == "redis" else []),
+            ("delay-accuracy", lambda: self.delay_accuracy(broker)),
+            ("delay-rss", lambda: self.delay_rss(broker)),
         ]
         for name, step in steps:
             if not self.wanted(name):
@@ -802,7 +863,8 @@ def main() -> int:
         "--only",
         default="",
         help="comma-separated steps to run, by the start of their names (ceilings, publish, "
-        "consume-noop, http-fanout, qps, results, fleet: the multi-process rows on Redis, ...)",
+        "consume-noop, http-fanout, qps, results, fleet: the multi-process rows on Redis, "
+        "delay-accuracy, delay-rss, ...)",
     )
     parser.add_argument(
         "--run-id",

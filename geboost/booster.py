@@ -16,7 +16,7 @@ from geboost.brokers.base import (
     dead_letter_queue,
     get_broker_factory,
 )
-from geboost.codec import CallCodec
+from geboost.codec import CallCodec, Timing
 from geboost.engine import Engine
 from geboost.errors import (
     BrokerAuthenticationError,
@@ -133,21 +133,60 @@ class Booster(Generic[P, R]):
         return self._push_one(args, kwargs, "")
 
     def push_with(self, opts: PushOptions, *args: P.args, **kwargs: P.kwargs) -> AsyncResult[R]:
-        """``push`` with per-task options (``PushOptions``): its task id, and so on. A given
-        ``task_id`` is also the call's dedupe fingerprint."""
+        """``push`` with per-task options (``PushOptions``): its task id (also the call's
+        dedupe fingerprint), a delay (``countdown_s`` or ``eta``), an expiry (``expire_s``) and
+        a ``priority``.
+
+        A delayed task waits in the broker, not in a worker. A delay or a priority on a broker
+        that does not implement ``publish_timed`` raises ``ConfigurationError``, sending
+        nothing. Otherwise raises what ``push`` raises.
+        """
         if not isinstance(opts, PushOptions):
             raise ConfigurationError(f"push_with takes a PushOptions first, got {opts!r}")
-        return self._push_one(args, kwargs, opts.task_id)
+        now = time.time()
+        delay_s = opts.countdown_s
+        if opts.eta is not None:
+            delay_s = max(0.0, opts.eta.timestamp() - now)
+        due_time = now + delay_s if delay_s > 0 else 0.0
+        expires_at = (due_time or now) + opts.expire_s if opts.expire_s else 0.0
+        timed = delay_s > 0 or opts.priority > 0
+        send: Callable[[str, Sequence[bytes]], None] | None = None
+        if timed:
+            publish_timed = getattr(self._broker, "publish_timed", None)
+            if publish_timed is None:
+                raise ConfigurationError(
+                    f"broker_kind {str(self.options.broker_kind)!r} does not support delayed or "
+                    "prioritised tasks (its broker has no publish_timed): push without "
+                    "countdown_s, eta and priority"
+                )
 
-    def _push_one(self, args: Any, kwargs: Any, task_id: str) -> AsyncResult[R]:
+            def send(queue: str, bodies: Sequence[bytes]) -> None:
+                # The delay is counted again at each retry, so a retried push is not late.
+                left_s = max(0.0, due_time - time.time()) if due_time else 0.0
+                publish_timed(queue, bodies, delay_s=left_s, priority=opts.priority)
+
+        timing = (due_time, expires_at, opts.priority) if (timed or expires_at) else None
+        return self._push_one(args, kwargs, opts.task_id, timing=timing, send=send)
+
+    def _push_one(
+        self,
+        args: Any,
+        kwargs: Any,
+        task_id: str,
+        *,
+        timing: Timing | None = None,
+        send: Callable[[str, Sequence[bytes]], None] | None = None,
+    ) -> AsyncResult[R]:
         fp = ""
         if self.options.dedupe_ttl_s > 0:
             fp, earlier = self._dedupe(args, kwargs, task_id)
             if earlier is not None:
                 return self._async(earlier, deduplicated=True)
-        body, task_id = self._codec.encode_call(args, kwargs, task_id=task_id, fingerprint=fp)
+        body, task_id = self._codec.encode_call(
+            args, kwargs, task_id=task_id, fingerprint=fp, timing=timing
+        )
         self._mark_pending([task_id])
-        self._publish([body])
+        self._publish([body], send=send)
         return self._async(task_id)
 
     def _dedupe(self, args: Any, kwargs: Any, task_id: str) -> tuple[str, str | None]:
@@ -262,7 +301,13 @@ class Booster(Generic[P, R]):
                 raise
         return results
 
-    def _publish(self, bodies: list[bytes], *, first_index: int = 0) -> None:
+    def _publish(
+        self,
+        bodies: list[bytes],
+        *,
+        first_index: int = 0,
+        send: Callable[[str, Sequence[bytes]], None] | None = None,
+    ) -> None:
         """The one place where the push retry policy lives.
 
         A ``BrokerError`` is retried ``push_retries`` times, each retry sending only the bodies
@@ -275,9 +320,10 @@ class Booster(Generic[P, R]):
         attempts = self.options.push_retries + 1
         interval_s = self.options.push_retry_interval_s
         accepted = 0
+        publish = send or self._broker.publish
         for attempt in range(1, attempts + 1):
             try:
-                self._broker.publish(queue, bodies[accepted:])
+                publish(queue, bodies[accepted:])
                 return
             except BrokerError as exc:
                 sent_from = accepted

@@ -28,7 +28,10 @@ from geboost.errors import DecodeError, EncodeError
 from geboost.log import queue_logger
 from geboost.message import TaskMessage, decode_task, make_task, not_a_task
 
-__all__ = ["CallCodec", "signature_of"]
+__all__ = ["CallCodec", "Timing", "signature_of"]
+
+Timing = tuple[float, float, int]
+"""(due_time, expires_at, priority) of one push, as written in the envelope."""
 
 _encoder = msgspec.json.Encoder()
 _any_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder()
@@ -47,6 +50,9 @@ class _RawTask(msgspec.Struct, kw_only=True):
     kwargs: dict[str, msgspec.Raw] = msgspec.field(default_factory=dict)
     publish_time: float = 0.0
     fingerprint: str = ""
+    due_time: float = 0.0
+    expires_at: float = 0.0
+    priority: int = 0
 
 
 _raw_decoder = msgspec.json.Decoder(_RawTask)
@@ -153,8 +159,10 @@ class CallCodec:
         *,
         task_id: str = "",
         fingerprint: str = "",
+        timing: Timing | None = None,
     ) -> tuple[bytes, str]:
-        """The body of one call and its task id.
+        """The body of one call and its task id; ``timing`` fills the envelope's due time,
+        expiry and priority (``push_with``).
 
         Raises ``EncodeError`` (also a ``TypeError``) when the call does not fit the signature,
         when an argument has no JSON form, or when, with ``strict_args``, an argument would not
@@ -172,6 +180,8 @@ class CallCodec:
         if task_id:
             message.task_id = task_id
         message.fingerprint = fingerprint
+        if timing is not None:
+            message.due_time, message.expires_at, message.priority = timing
         try:
             body = _encoder.encode(message)
         except Exception as exc:
@@ -273,7 +283,12 @@ class CallCodec:
         except Exception as exc:
             raise not_a_task(exc, body) from exc
         message = TaskMessage(
-            task_id=raw.task_id, publish_time=raw.publish_time, fingerprint=raw.fingerprint
+            task_id=raw.task_id,
+            publish_time=raw.publish_time,
+            fingerprint=raw.fingerprint,
+            due_time=raw.due_time,
+            expires_at=raw.expires_at,
+            priority=raw.priority,
         )
         message.args = [self._convert(self._param_at(i), r, raw) for i, r in enumerate(raw.args)]
         message.kwargs = {

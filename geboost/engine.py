@@ -67,11 +67,23 @@ from geboost.state.base import StateStore
 from geboost.state.keys import paused_key, qps_key
 from geboost.state.recorder import TaskRecorder
 
-__all__ = ["Engine"]
+__all__ = ["Engine", "TaskExpired"]
 
 _TRACEBACK_MAX_CHARS = 8000  # the tail of a long traceback is kept: it ends where it failed
 _DEAD_LETTER_FIRST_RETRY_S = 1.0  # then doubling, up to reconnect_interval_s
 _PAUSE_CHECK_S = 0.5  # how often the pause flag is read: pause/resume reach a worker in < 1 s
+# A message fetched before its due time waits in the engine (held, no slot) when it is due
+# within this; farther, it goes back to the broker's delay (publish_timed) so that a worker
+# never holds long waits (RabbitMQ's delay queues deliver in steps, see brokers/rabbitmq.py).
+_HOLD_MAX_S = 1.0
+_EARLY_S = 0.001  # closer than this to its due time a message just runs
+
+
+class TaskExpired(Exception):
+    """A task pulled after its expiry time; dead-lettered with the error ``"expired"``."""
+
+    def __str__(self) -> str:
+        return "expired"
 
 
 class Engine:
@@ -134,6 +146,8 @@ class Engine:
             qps_scope=options.qps_scope,
             started_at=time.time(),
         )
+        self.expired_count = 0  # tasks dead-lettered as expired since this engine started
+        self._expire_s = options.msg_expire_s
         if options.qps_limit > 0:
             # About one second of work at most per fetch, so a slow rate holds few messages.
             self.batch_cap = min(options.fetch_batch, max(1, math.ceil(options.qps_limit)))
@@ -362,6 +376,9 @@ class Engine:
                 job.error, job.attempt = exc, 0
                 self._dead_letter(job)
                 return
+            timed = message.due_time or message.expires_at or self._expire_s
+            if timed and self._not_to_run_now(job, message):
+                return
         recorder = self.recorder
         if recorder is not None:
             if job.attempt == 1 and self._done_before(job, recorder, message):
@@ -403,6 +420,46 @@ class Engine:
             return False
         job.puller.log_for(job).info("skipped: the same call succeeded as task {}", earlier)
         recorder.skipped(message, earlier)
+        job.puller.ack(job.delivery)
+        return True
+
+    def _not_to_run_now(self, job: Job, message: TaskMessage) -> bool:
+        """The scheduling hook, on a freshly pulled message with a due time or an expiry (plain
+        messages skip it: no clock read): True if it was set aside (not yet due: held or sent
+        back to the broker's delay) or dead-lettered as expired."""
+        now = time.time()
+        wait_s = message.due_time - now
+        if wait_s > _EARLY_S:
+            if wait_s <= _HOLD_MAX_S or not self._delay_again(job, message, wait_s):
+                self._wait(job, wait_s)
+            return True
+        expires_at = message.expires_at
+        if not expires_at and self._expire_s:
+            start = max(message.publish_time, message.due_time)
+            expires_at = start + self._expire_s if start else 0.0
+        if expires_at and now > expires_at:
+            self.expired_count += 1
+            job.error, job.attempt = TaskExpired(), 0
+            self._dead_letter(job)
+            return True
+        return False
+
+    def _delay_again(self, job: Job, message: TaskMessage, wait_s: float) -> bool:
+        """Give a message due later back to the broker's delay (confirmed, then acked)."""
+        publish_timed = getattr(self.broker, "publish_timed", None)
+        if publish_timed is None:
+            return False
+        try:
+            publish_timed(
+                self.queue_name, [job.delivery.body], delay_s=wait_s, priority=message.priority
+            )
+        except BrokerError as exc:
+            job.puller.log_for(job).warning(
+                "could not send a task due in {:.3g} s back to the delay ({}); held here",
+                wait_s,
+                exc,
+            )
+            return False
         job.puller.ack(job.delivery)
         return True
 
@@ -502,6 +559,8 @@ class Engine:
 def _describe(error: BaseException | None) -> str:
     if error is None:
         return "unknown error"
+    if isinstance(error, TaskExpired):
+        return str(error)
     return f"{type(error).__name__}: {error}"
 
 

@@ -2,7 +2,9 @@
 
 A task on the wire is a JSON object::
 
-    {"task_id": "9f1c...", "args": [1, 2], "kwargs": {}, "publish_time": 1764320000.5}
+    {"task_id": "9f1c...", "args": [1, 2], "publish_time": 1764320000.5}
+
+``kwargs``, ``due_time``, ``expires_at`` and ``priority`` are written only when set.
 
 Only ``task_id`` is required; unknown fields are ignored and every field added later gets a
 default, so producers in other languages and workers of other versions read each other's
@@ -33,11 +35,14 @@ __all__ = [
 ]
 
 
-class TaskMessage(msgspec.Struct, kw_only=True):
+class TaskMessage(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One call of the consuming function.
 
     A booster's codec may return a subclass whose ``args`` is a tuple of the converted
     arguments (one decode for the whole call); use ``args`` as a sequence.
+
+    Fields left at their default are not written (``omit_defaults``): a plain push carries no
+    scheduling fields at all, and a reader of any version fills in the defaults.
     """
 
     task_id: str
@@ -46,6 +51,13 @@ class TaskMessage(msgspec.Struct, kw_only=True):
     publish_time: float = 0.0
     fingerprint: str = ""
     """The call's dedupe fingerprint (``dedupe_ttl_s`` > 0 only; empty otherwise)."""
+    due_time: float = 0.0
+    """Unix time (producer's clock) before which the task must not start; 0 = at once."""
+    expires_at: float = 0.0
+    """Unix time after which the task is dead-lettered as expired instead of run; 0 = never
+    (the consumer's ``msg_expire_s`` still applies)."""
+    priority: int = 0
+    """0..9, higher first; the broker orders by it, the envelope only remembers it."""
 
 
 class DeadLetter(msgspec.Struct, kw_only=True):

@@ -40,6 +40,7 @@ __all__ = [
     "BrokerFactory",
     "Delivery",
     "Receiver",
+    "TimedBroker",
     "available_broker_kinds",
     "dead_letter_queue",
     "get_broker_factory",
@@ -200,6 +201,27 @@ class Broker(Protocol):
 
     def close(self) -> None:
         """Close the broker's own connections (not the receivers'). Never raises."""
+        ...
+
+
+@runtime_checkable
+class TimedBroker(Protocol):
+    """What a broker adds to take delayed and prioritised messages (``push_with`` with
+    ``countdown_s``, ``eta`` or ``priority``). Optional: a broker without ``publish_timed``
+    still takes plain pushes, and ``push_with`` refuses those options for it with a
+    ``ConfigurationError`` naming the broker kind (nothing is sent).
+    """
+
+    def publish_timed(
+        self, queue_name: str, bodies: Sequence[bytes], *, delay_s: float, priority: int
+    ) -> None:
+        """Like ``publish``, but no receiver gets the messages before ``delay_s`` from now,
+        and among available messages higher ``priority`` (0..9) is handed out first.
+
+        While they wait, the messages live in the broker (never in a worker's memory) and
+        survive any worker's death. A consumer may get a message slightly early (the engine
+        holds it until the ``due_time`` in its envelope) but never loses one.
+        """
         ...
 
 

@@ -50,13 +50,30 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import pika
+
 from geboost.brokers.base import BrokerConfig, is_dead_letter_queue
-from geboost.brokers.rabbitmq_config import RabbitSettings, declare
+from geboost.brokers.rabbitmq_config import RabbitSettings, declare, delay_queue_name
 from geboost.brokers.rabbitmq_publisher import Publisher
 from geboost.brokers.rabbitmq_receiver import RabbitMQReceiver
 from geboost.errors import MessageRefusedError
 
-__all__ = ["RabbitMQBroker", "RabbitMQReceiver"]
+__all__ = ["RabbitMQBroker", "RabbitMQReceiver", "delay_step_ms"]
+
+_MIN_DELAY_STEP_MS = 10  # shorter delays go straight to the queue; the engine holds them
+_MAX_DELAY_STEP_MS = 4_000_000_000  # x-message-ttl is at most 2**32 - 1 ms
+
+
+def delay_step_ms(delay_ms: int) -> int:
+    """The delay queue's TTL for a message due in ``delay_ms``: its first significant digit
+    (5370 -> 5000, 999 -> 900), so at most 9 delay queues per power of ten are ever used; 0 for
+    delays under 10 ms. The rest of the delay is waited out by the consumer (a message due
+    within a second is held by the engine; farther, it takes another, smaller step)."""
+    if delay_ms < _MIN_DELAY_STEP_MS:
+        return 0
+    delay_ms = min(delay_ms, _MAX_DELAY_STEP_MS)
+    magnitude = int(10 ** (len(str(delay_ms)) - 1))
+    return (delay_ms // magnitude) * magnitude
 
 
 class RabbitMQBroker:
@@ -72,6 +89,7 @@ class RabbitMQBroker:
         )
         self._settings.connection_parameters("validation only")  # pika checks, no connection
         self._publisher = Publisher(self._settings)
+        self._delay_targets: set[str] = set()  # work queues declared before a delayed publish
 
     def __repr__(self) -> str:
         return f"RabbitMQBroker(url={self._settings.masked_url!r})"
@@ -81,6 +99,43 @@ class RabbitMQBroker:
         return self._settings
 
     def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
+        self._check_sizes(queue_name, bodies)
+        self._publisher.publish(queue_name, bodies)
+
+    def publish_timed(
+        self, queue_name: str, bodies: Sequence[bytes], *, delay_s: float, priority: int
+    ) -> None:
+        """Priority as the message's AMQP priority; a delay through a delay queue (one per
+        step, see the module docstring), confirmed like any publish."""
+        self._check_sizes(queue_name, bodies)
+        properties = pika.BasicProperties(
+            delivery_mode=pika.DeliveryMode.Persistent, priority=priority or None
+        )
+        step_ms = delay_step_ms(int(delay_s * 1000))
+        target = queue_name
+        if step_ms:
+            target = delay_queue_name(queue_name, step_ms)
+            if queue_name not in self._delay_targets:
+                # RabbitMQ drops a message dead-lettered to a queue that does not exist, so the
+                # work queue must exist before anything can leave a delay queue for it.
+                self.count(queue_name)  # declares it
+                self._delay_targets.add(queue_name)
+        self._publisher.publish(target, bodies, properties)
+
+    def delay_queue_names(self, queue_name: str, delays_s: Sequence[float]) -> list[str]:
+        """The delay queues that pushes with these delays use (tests and tooling)."""
+        steps = {delay_step_ms(int(d * 1000)) for d in delays_s}
+        names: list[str] = []
+        for step in sorted(steps - {0}):
+            names.append(delay_queue_name(queue_name, step))
+            # What is left after a step (< step) may take one more, smaller step.
+            rest = step - 1
+            while (rest_step := delay_step_ms(rest)) > 0:
+                names.append(delay_queue_name(queue_name, rest_step))
+                rest = rest_step - 1
+        return sorted(set(names))
+
+    def _check_sizes(self, queue_name: str, bodies: Sequence[bytes]) -> None:
         limit = self._settings.max_message_size
         if limit:
             # RabbitMQ would close the channel on such a body, after the ones before it went in;
@@ -94,7 +149,6 @@ class RabbitMQBroker:
                     )
                     error.index = index
                     raise error
-        self._publisher.publish(queue_name, bodies)
 
     def open_receiver(self, queue_name: str, *, window: int = 100) -> RabbitMQReceiver:
         prefetch = self._settings.prefetch_count or min(max(window, 1), 65535)

@@ -7,6 +7,7 @@ Everything here runs at construction time and never connects, so a bad URL or op
 from __future__ import annotations
 
 import math
+import re
 import ssl
 from collections.abc import Mapping
 from typing import Any
@@ -25,6 +26,15 @@ from geboost.errors import (
 )
 
 __all__ = ["RabbitOptions", "RabbitSettings", "translate"]
+
+MAX_PRIORITY = 9  # x-max-priority of the work queues geboost declares (priorities 0..9)
+_DELAY_QUEUE = re.compile(r"^(?P<target>.+)\.delay-(?P<ttl_ms>[0-9]+)ms$")
+
+
+def delay_queue_name(queue_name: str, ttl_ms: int) -> str:
+    """The queue where messages for ``queue_name`` wait ``ttl_ms`` before moving to it."""
+    return f"{queue_name}.delay-{ttl_ms}ms"
+
 
 RABBITMQ_MAX_MESSAGE_SIZE = 134_217_728  # RabbitMQ's own default for ``max_message_size``
 
@@ -107,7 +117,22 @@ class RabbitSettings(RabbitOptions, frozen=True, kw_only=True):
         if is_dead_letter_queue(queue_name):
             kept = self.queue_arguments.get("x-queue-type")
             return {} if kept is None else {"x-queue-type": kept}
-        return dict(self.queue_arguments)
+        delay = _DELAY_QUEUE.match(queue_name)
+        if delay is not None:
+            # Every message of a delay queue has the same TTL, so they expire in order at its
+            # head and dead-letter (with their properties: priority, persistence) into the
+            # work queue through the default exchange.
+            return {
+                "x-message-ttl": int(delay["ttl_ms"]),
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": delay["target"],
+            }
+        arguments = dict(self.queue_arguments)
+        if arguments.get("x-queue-type", "classic") == "classic":
+            # Priorities need it at declaration; a user's own value (None: leave it out, for a
+            # queue declared before geboost had priorities) wins.
+            arguments.setdefault("x-max-priority", MAX_PRIORITY)
+        return {k: v for k, v in arguments.items() if v is not None}
 
     def connection_parameters(self, connection_name: str) -> pika.ConnectionParameters:
         """pika's parameters for one connection (one attempt: retrying belongs to the engine)."""

@@ -64,12 +64,27 @@ _PUBLISH_ERRORS: tuple[type[Exception], ...] = (*PIKA_ERRORS, BrokerError)
 class _Request:
     """One caller's wish: publish ``bodies`` (``action`` None) or run ``action`` on the channel."""
 
-    __slots__ = ("action", "bodies", "closing", "first_tag", "generation", "queue_name", "result")
+    __slots__ = (
+        "action",
+        "bodies",
+        "closing",
+        "first_tag",
+        "generation",
+        "properties",
+        "queue_name",
+        "result",
+    )
 
     def __init__(
-        self, queue_name: str, bodies: Sequence[bytes], action: Action | None, closing: bool
+        self,
+        queue_name: str,
+        bodies: Sequence[bytes],
+        action: Action | None,
+        closing: bool,
+        properties: pika.BasicProperties = _PERSISTENT,
     ) -> None:
         self.queue_name = queue_name
+        self.properties = properties
         self.bodies = bodies
         self.action = action
         self.closing = closing
@@ -102,9 +117,14 @@ class Publisher:
         self._closed_by_broker: pika.exceptions.ChannelClosedByBroker | None = None
 
     # ----------------------------------------------------------------- callers' side
-    def publish(self, queue_name: str, bodies: Sequence[bytes]) -> None:
+    def publish(
+        self,
+        queue_name: str,
+        bodies: Sequence[bytes],
+        properties: pika.BasicProperties = _PERSISTENT,
+    ) -> None:
         if bodies:
-            self._submit(_Request(queue_name, bodies, None, False))
+            self._submit(_Request(queue_name, bodies, None, False, properties))
 
     def run(self, queue_name: str, action: Action) -> int:
         """``action(channel)``; a queue that does not exist counts as empty (returns 0)."""
@@ -306,6 +326,7 @@ class Publisher:
         # must run the connection anyway. That is the second private-attribute use, with the
         # confirm mode in _open.
         publish = self._channel._impl.basic_publish
+        properties = request.properties
         for body in request.bodies:
             if len(body) > CONFIRM_BEFORE_BYTES and self._unconfirmed:
                 self._await_confirms()  # a refusal of this one must not leave others in doubt
@@ -314,7 +335,7 @@ class Publisher:
             self._next_tag += 1
             # mandatory: a queue deleted since we declared it returns the message instead of
             # dropping it, and the caller's retry declares it again.
-            publish("", request.queue_name, body, properties=_PERSISTENT, mandatory=True)
+            publish("", request.queue_name, body, properties=properties, mandatory=True)
             if len(self._unconfirmed) >= self._settings.confirm_batch_size:
                 self._await_confirms()
 

@@ -9,6 +9,11 @@ Data layout, for a queue named ``Q`` (the dead-letter queue ``Q.dlq`` is a queue
 - ``geboost:Q:leases`` -- a ZSET: consumer id -> when its lease EXPIRES (server ms).
 - ``geboost:Q:promises`` -- a ZSET: consumer id -> by when it promised to touch ``Q`` again.
 - ``geboost:Q:touched`` -- the server time of the last touch (take, heartbeat or recovery).
+- ``geboost:Q:p1`` .. ``geboost:Q:p9`` -- LISTs of waiting messages of priority 1..9 (0 is ``Q``).
+- ``geboost:Q:delayed`` -- a ZSET of delayed messages, ``<priority digit><body>`` scored by
+  their due time (server ms); the take script moves due ones to their list.
+- ``geboost:Q:timed`` -- set by the first delayed or prioritised push (``publish_timed``); until
+  it exists takes skip the two keys above. See the README ("Priorities and delays on Redis").
 
 (``geboost:Q:consumers``, where earlier versions kept each consumer's last beat, is only read
 to give back what a consumer silent there for ``forget`` time (>= 600 s) still held.)
@@ -78,6 +83,7 @@ Transport options (``BrokerConfig.broker_transport_options``):
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
@@ -128,6 +134,26 @@ def legacy_consumers_key(queue_name: str) -> str:
 def lease_keys(queue_name: str) -> list[str]:
     """The keys the lease clock (``redis_clock.lua``) works on, in its order."""
     return [leases_key(queue_name), promises_key(queue_name), clock_key(queue_name)]
+
+
+WAKE_TOKEN = "geboost:wake"
+"""Pushed by ``redis_push_timed.lua`` on an empty ``Q`` to wake consumers blocked in BLMOVE;
+takers drop it (never a message: not a JSON document) and counts leave it out."""
+_WAKE_BYTES = WAKE_TOKEN.encode()
+
+
+def timed_key(queue_name: str) -> str:
+    """Exists once a delayed or prioritised message was pushed: takers then look further."""
+    return f"geboost:{queue_name}:timed"
+
+
+def delayed_key(queue_name: str) -> str:
+    return f"geboost:{queue_name}:delayed"
+
+
+def lane_prefix(queue_name: str) -> str:
+    """``geboost:Q:p1`` .. ``geboost:Q:p9``: the lists of priorities 1..9 (0 is ``Q`` itself)."""
+    return f"geboost:{queue_name}:p"
 
 
 def held_prefix(queue_name: str) -> str:
@@ -222,13 +248,43 @@ class RedisBroker:
                 pipe.lpush(queue_name, *bodies[start : start + chunk])
             pipe.execute()
 
+    def publish_timed(
+        self, queue_name: str, bodies: Sequence[bytes], *, delay_s: float, priority: int
+    ) -> None:
+        if not bodies:
+            return
+        lane = lane_prefix(queue_name) + str(priority) if priority else queue_name
+        keys = [timed_key(queue_name), delayed_key(queue_name), lane, queue_name]
+        delay_ms = math.ceil(delay_s * 1000) if delay_s > 0 else 0
+        chunk = self.settings.publish_chunk_size
+        with self._guard(f"publish to {queue_name!r}"):
+            push = self.scripts.push_timed
+            if len(bodies) <= chunk:
+                push(keys, [delay_ms, priority, *bodies])
+                return
+            pipe = self._shared().pipeline(transaction=True)
+            for start in range(0, len(bodies), chunk):
+                push(keys, [delay_ms, priority, *bodies[start : start + chunk]], client=pipe)
+            pipe.execute()
+
     def open_receiver(self, queue_name: str, *, window: int = 100) -> RedisReceiver:
         # Redis hands out only what fetch asks for: nothing is pushed ahead, so no window.
         return RedisReceiver(self, queue_name)
 
     def count(self, queue_name: str) -> int:
+        """Messages waiting: in ``Q``, in the priority lists and delayed."""
         with self._guard(f"count {queue_name!r}") as client:
-            return int(client.llen(queue_name))
+            pipe = client.pipeline(transaction=False)
+            for key in self._waiting_keys(queue_name):
+                pipe.llen(key)
+            pipe.zcard(delayed_key(queue_name))
+            pipe.lpos(queue_name, WAKE_TOKEN, rank=-1)  # a wake-up token (at most one)
+            *counts, token = pipe.execute()
+            return sum(int(n) for n in counts) - (token is not None)
+
+    @staticmethod
+    def _waiting_keys(queue_name: str) -> list[str]:
+        return [queue_name, *(lane_prefix(queue_name) + str(p) for p in range(1, 10))]
 
     def in_flight(self, queue_name: str) -> int | None:
         with self._guard(f"in_flight {queue_name!r}"):
@@ -238,10 +294,14 @@ class RedisBroker:
     def purge(self, queue_name: str) -> int:
         with self._guard(f"purge {queue_name!r}") as client:
             pipe = client.pipeline(transaction=True)
-            pipe.llen(queue_name)
-            pipe.delete(queue_name)
-            waiting, _ = pipe.execute()
-            return int(waiting)
+            keys = self._waiting_keys(queue_name)
+            for key in keys:
+                pipe.llen(key)
+            pipe.zcard(delayed_key(queue_name))
+            pipe.lpos(queue_name, WAKE_TOKEN, rank=-1)
+            pipe.delete(*keys, delayed_key(queue_name))
+            *counts, token, _ = pipe.execute()
+            return sum(int(n) for n in counts) - (token is not None)
 
     def recover(self, queue_name: str) -> int:
         """Give back what consumers of ``queue_name`` with expired leases hold; how many.
@@ -353,6 +413,8 @@ class RedisReceiver:
         self.queue_name = queue_name
         self.consumer_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
         self._keys = [queue_name, held_key(queue_name, self.consumer_id)]
+        self._timed_keys = [timed_key(queue_name), delayed_key(queue_name)]
+        self._lane_prefix = lane_prefix(queue_name)
         self._lease_keys = lease_keys(queue_name)
         self._client: Redis | None = None
         self._scripts: RedisScripts | None = None
@@ -382,43 +444,71 @@ class RedisReceiver:
 
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
         with self._guard("fetch") as client:
-            bodies = self._take(client, max_count)
-            if not bodies and 0 < timeout_s < _SHORT_WAIT_S:
-                # A short wait (the engine's slice while calls run) is a sleep and a second
-                # take: Redis checks blocking timeouts only every 1/hz s (100 ms by default), so
-                # a 50 ms BLMOVE would in fact wait up to twice that, delaying acks.
-                gevent.sleep(timeout_s)
-                bodies = self._take(client, max_count)
-            elif not bodies and timeout_s > 0:
-                first = client.blmove(
-                    self._keys[0],
-                    self._keys[1],
-                    # Redis takes decimal seconds; redis-py's hint says int.
-                    self._block_s(timeout_s),  # type: ignore[arg-type]
-                    "RIGHT",
-                    "LEFT",
-                )
-                if first is None:
-                    return []
-                bodies = [cast(bytes, first)]
-                if max_count > 1:
-                    bodies += self._take(client, max_count - 1)
+            status, bodies = self._take(client, max_count)
+            if not bodies and timeout_s > 0:
+                bodies = self._wait_and_take(client, max_count, timeout_s, status)
         self._outstanding.update(bodies)
         return [Delivery(body, self.consumer_id) for body in bodies]
+
+    def _wait_and_take(
+        self, client: Redis, max_count: int, timeout_s: float, status: int
+    ) -> list[bytes]:
+        """Wait up to ``timeout_s`` for messages: in ``BLMOVE`` on ``Q`` (one command however
+        long; a delayed or prioritised push wakes it with an empty token on ``Q``), and by
+        sleeping for the last stretch before a delayed message is due.
+
+        Short waits are a sleep and a second take: Redis checks blocking timeouts only every
+        1/hz s (100 ms by default), so a 50 ms BLMOVE would in fact wait up to twice that.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            wait_s = deadline - time.monotonic()
+            due_s = status / 1000 if status > 0 else math.inf
+            if wait_s <= 0:
+                return []
+            if min(wait_s, due_s) < _SHORT_WAIT_S:
+                gevent.sleep(min(wait_s, due_s))
+                status, bodies = self._take(client, max_count)
+                if bodies or due_s > wait_s:
+                    return bodies
+                continue
+            # Wake a little before a due time, then sleep the rest precisely.
+            block_s = min(wait_s, due_s - _SHORT_WAIT_S / 2)
+            first = client.blmove(
+                self._keys[0],
+                self._keys[1],
+                # Redis takes decimal seconds; redis-py's hint says int.
+                self._block_s(block_s),  # type: ignore[arg-type]
+                "RIGHT",
+                "LEFT",
+            )
+            if first is None and due_s == math.inf:
+                return []  # as before timed pushes: one BLMOVE per idle fetch
+            bodies = []
+            if first == _WAKE_BYTES:
+                client.lrem(self._keys[1], 1, WAKE_TOKEN)  # push_timed's wake-up token
+            elif first is not None:
+                bodies = [cast(bytes, first)]
+            if not bodies or max_count > 1:
+                status, more = self._take(client, max_count - len(bodies))
+                bodies += more
+            if bodies:
+                return bodies
 
     @property
     def _lua(self) -> RedisScripts:
         assert self._scripts is not None  # made with the client, in _guard
         return self._scripts
 
-    def _take(self, client: Redis, count: int) -> list[bytes]:
+    def _take(self, client: Redis, count: int) -> tuple[int, list[bytes]]:
+        """(status, bodies): see ``redis_take.lua`` for the status."""
         taken = self._lua.take(
-            [*self._lease_keys, *self._keys],
-            [*self._broker.settings.lease_args, self.consumer_id, count],
+            [*self._lease_keys, *self._keys, *self._timed_keys],
+            [*self._broker.settings.lease_args, self.consumer_id, count, self._lane_prefix],
             client=client,
         )
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
-        return list(taken)
+        return int(taken[0]), list(taken[1:])
 
     def _block_s(self, timeout_s: float) -> float:
         # Shorter than the socket timeout, or a quiet queue would look like a dead server;

@@ -33,13 +33,23 @@ _SOURCES = {
     "requeue": _source("requeue"),
     "release": _source("release"),
     "in_flight": _source("in_flight"),
+    "push_timed": _source("push_timed"),
 }
 
 
 class RedisScripts:
     """The broker's scripts, registered on one client (registering does not talk to Redis)."""
 
-    __slots__ = ("ack", "heartbeat", "in_flight", "recover", "release", "requeue", "take")
+    __slots__ = (
+        "ack",
+        "heartbeat",
+        "in_flight",
+        "push_timed",
+        "recover",
+        "release",
+        "requeue",
+        "take",
+    )
 
     def __init__(self, client: Redis) -> None:
         self.take: Script = client.register_script(_SOURCES["take"])
@@ -49,3 +59,4 @@ class RedisScripts:
         self.requeue: Script = client.register_script(_SOURCES["requeue"])
         self.release: Script = client.register_script(_SOURCES["release"])
         self.in_flight: Script = client.register_script(_SOURCES["in_flight"])
+        self.push_timed: Script = client.register_script(_SOURCES["push_timed"])
