@@ -492,6 +492,12 @@ class Booster(Generic[P, R]):
         """Messages waiting in the queue (not counting those being processed)."""
         return self._broker.count(self.queue_name)
 
+    def delayed_count(self) -> int | None:
+        """Messages waiting for their delay (counted in ``message_count`` too), or None if the
+        broker cannot tell (RabbitMQ, a broker without delays)."""
+        count = getattr(self._broker, "delayed_count", None)
+        return None if count is None else count(self.queue_name)
+
     def in_flight_count(self) -> int | None:
         """Messages taken by consumers and not yet acknowledged, if the broker can tell."""
         return self._broker.in_flight(self.queue_name)

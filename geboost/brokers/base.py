@@ -224,6 +224,11 @@ class TimedBroker(Protocol):
         """
         ...
 
+    def delayed_count(self, queue_name: str) -> int | None:
+        """How many of the waiting messages (``count``) are delayed, not due yet; None if the
+        broker cannot tell."""
+        ...
+
 
 BrokerFactory = Callable[[BrokerConfig], Broker]
 """Builds a broker from its config WITHOUT connecting; raises ``ConfigurationError``."""

@@ -106,6 +106,9 @@ class MemoryBroker:
         q = _queue(self._namespace, queue_name)
         return q.ready_count() + len(q.delayed)
 
+    def delayed_count(self, queue_name: str) -> int | None:
+        return len(_queue(self._namespace, queue_name).delayed)
+
     def in_flight(self, queue_name: str) -> int | None:
         return len(_queue(self._namespace, queue_name).held)
 

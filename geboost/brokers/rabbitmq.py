@@ -158,6 +158,10 @@ class RabbitMQBroker:
             prefetch = min(max(window, 1), 65535)
         return RabbitMQReceiver(self._settings, queue_name, prefetch_count=prefetch)
 
+    def delayed_count(self, queue_name: str) -> int | None:
+        # The delay queues' names depend on the delays pushed; AMQP cannot list them.
+        return None
+
     def count(self, queue_name: str) -> int:
         # A real declare, not a passive one: asking about a queue that does not exist yet
         # (a dead-letter queue before the first failure) must not close the channel, and the

@@ -282,6 +282,10 @@ class RedisBroker:
             *counts, token = pipe.execute()
             return sum(int(n) for n in counts) - (token is not None)
 
+    def delayed_count(self, queue_name: str) -> int | None:
+        with self._guard(f"delayed_count {queue_name!r}") as client:
+            return int(client.zcard(delayed_key(queue_name)))
+
     @staticmethod
     def _waiting_keys(queue_name: str) -> list[str]:
         return [queue_name, *(lane_prefix(queue_name) + str(p) for p in range(1, 10))]

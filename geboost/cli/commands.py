@@ -152,7 +152,9 @@ def status_table(boosters: Sequence[Booster[Any, Any]]) -> str:
         in_flight = _broker_call(b, "counting", b.in_flight_count)
         dead = _broker_call(b, "counting", b.dead_letter_count)
         paused, consumers = _fleet_figures(b)
-        cells = [_cell(waiting), _cell(in_flight), "-", _cell(dead), paused, _cell(consumers)]
+        delayed = _broker_call(b, "counting", b.delayed_count)
+        cells = [_cell(waiting), _cell(in_flight), _cell(delayed), _cell(dead), paused]
+        cells.append(_cell(consumers))
         lines.append(_row(_fit(b.queue_name, name_width), cells, name_width))
     return "\n".join(lines) + "\n"
 

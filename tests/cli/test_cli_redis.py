@@ -207,7 +207,7 @@ def test_status_dlq_and_purge_confirm_with_counts(env: Env) -> None:
         "CONSUMERS",
     ]
     # A Redis booster has a state store (the broker's Redis): paused no, no consumer now.
-    assert lines[1].split() == [env.queue, "5", "0", "-", "3", "no", "0"]
+    assert lines[1].split() == [env.queue, "5", "0", "0", "3", "no", "0"]
     assert all(len(line) <= 80 for line in lines)
 
     m = ["-m", str(env.module)]

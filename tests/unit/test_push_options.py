@@ -64,3 +64,10 @@ def test_push_with_refuses_anything_but_push_options() -> None:
     b = memory_booster(lambda x: None)
     with pytest.raises(ConfigurationError, match="PushOptions"):
         b.push_with({"task_id": "x"}, 1)  # type: ignore[arg-type]
+
+
+def test_delayed_count_counts_what_waits_for_its_delay() -> None:
+    b = memory_booster(lambda x: None)
+    b.push_with(PushOptions(countdown_s=60), 1)
+    b.push(2)
+    assert (b.delayed_count(), b.message_count()) == (1, 2)
