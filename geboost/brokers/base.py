@@ -134,7 +134,12 @@ class Receiver(Protocol):
         ...
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        """Settle finished messages for good (one batched round trip where possible)."""
+        """Settle finished messages for good (one batched round trip where possible).
+
+        A broker may send the acks with its next ``fetch`` or ``keepalive`` rather than at once
+        (Redis does: one round trip for both); the owner calls one of them in its next step,
+        and ``close`` sends what is left.
+        """
         ...
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:

@@ -425,6 +425,10 @@ class RedisReceiver:
         # What this receiver handed out and not yet settled: tells orphans (taken on the
         # server, reply lost) from deliveries the engine still works on.
         self._outstanding: Counter[bytes] = Counter()
+        # Acked by the engine, not yet removed on the server: they ride on the next take (one
+        # round trip for acks and fetch), or go by themselves from keepalive() and close().
+        self._unsent_acks: list[bytes] = []
+        self._quiet = False  # the last fetch found a plain queue empty
         self._next_beat = 0.0
         self._log = queue_logger(queue_name)
 
@@ -448,9 +452,16 @@ class RedisReceiver:
 
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
         with self._guard("fetch") as client:
-            status, bodies = self._take(client, max_count)
+            if self._quiet and not self._unsent_acks and timeout_s >= _SHORT_WAIT_S:
+                # A plain queue that was empty the last time: straight back to BLMOVE. An idle
+                # worker then sends one command per wait, not a take script (about eight
+                # commands on the server) as well; its lease is renewed by the heartbeats.
+                status, bodies = 0, list[bytes]()
+            else:
+                status, bodies = self._take(client, max_count)
             if not bodies and timeout_s > 0:
                 bodies = self._wait_and_take(client, max_count, timeout_s, status)
+            self._quiet = not bodies and status == 0
         self._outstanding.update(bodies)
         return [Delivery(body, self.consumer_id) for body in bodies]
 
@@ -505,12 +516,17 @@ class RedisReceiver:
         return self._scripts
 
     def _take(self, client: Redis, count: int) -> tuple[int, list[bytes]]:
-        """(status, bodies): see ``redis_take.lua`` for the status."""
+        """(status, bodies): see ``redis_take.lua`` for the status. Sends the unsent acks in
+        the same script call."""
+        acks = self._unsent_acks[:_SCRIPT_CHUNK]
         taken = self._lua.take(
             [*self._lease_keys, *self._keys, *self._timed_keys],
-            [*self._broker.settings.lease_args, self.consumer_id, count, self._lane_prefix],
+            [*self._broker.settings.lease_args, self.consumer_id, count, self._lane_prefix, *acks],
             client=client,
         )
+        if acks:
+            del self._unsent_acks[: len(acks)]
+            self._settled(acks)
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
         return int(taken[0]), list(taken[1:])
 
@@ -520,13 +536,21 @@ class RedisReceiver:
         return max(0.01, min(timeout_s, self._broker.settings.socket_timeout_s / 2))
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
-        if not deliveries:
+        """Settled on the server by the next take (same round trip), or by ``keepalive`` /
+        ``close`` when no take comes: the owner calls one of them within its next step."""
+        self._unsent_acks.extend(d.body for d in deliveries)
+        if len(self._unsent_acks) >= _SCRIPT_CHUNK:
+            self._send_acks()
+
+    def _send_acks(self) -> None:
+        bodies = self._unsent_acks
+        if not bodies:
             return
-        bodies = [d.body for d in deliveries]
         with self._guard("ack") as client:
             ack = self._lua.ack  # one lookup for the chunks
             for start in range(0, len(bodies), _SCRIPT_CHUNK):
                 ack(self._keys[1:], bodies[start : start + _SCRIPT_CHUNK], client=client)
+        self._unsent_acks = []
         self._settled(bodies)
 
     def requeue(self, deliveries: Sequence[Delivery]) -> None:
@@ -554,6 +578,7 @@ class RedisReceiver:
                 del self._outstanding[body]
 
     def keepalive(self) -> None:
+        self._send_acks()  # no take is coming soon: the owner waits for a slot or the limiter
         if time.monotonic() < self._next_beat:
             return
         with self._guard("heartbeat") as client:
@@ -587,6 +612,15 @@ class RedisReceiver:
         )
 
     def close(self) -> None:
+        if self._client is not None and self._unsent_acks:
+            try:
+                self._send_acks()
+            except BrokerError as exc:
+                self._log.warning(
+                    "could not send the last {} ack(s) on close ({}); those messages may run again",
+                    len(self._unsent_acks),
+                    exc,
+                )
         self._broker.unregister(self)
         client, self._client = self._client, None
         if client is None:
@@ -610,5 +644,6 @@ class RedisReceiver:
             )
         finally:
             self._outstanding.clear()
+            self._unsent_acks = []  # those not sent come back with the release or the lease
             self._scripts = None
             client.connection_pool.disconnect()

@@ -1,11 +1,13 @@
 -- TAKE. KEYS: leases, promises, clock (see redis_clock.lua), queue, this consumer's held list,
 -- the timed marker, the delayed zset.
--- ARGV: promise ms, lease ms, consumer id, max count, priority-list key prefix.
+-- ARGV: promise ms, lease ms, consumer id, max count, priority-list key prefix, then the bodies
+-- this consumer acknowledges (removed from its held list first: one round trip for both).
 -- Renews the lease in the same step, so a consumer has a lease before it holds anything.
 -- Returns {status, bodies...}: status 0 = no timed pushes ever (plain queue), -1 = timed but
 -- nothing delayed, else the ms until the next delayed message is due (>= 1).
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
 redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[1]), ARGV[3])
+for i = 6, #ARGV do redis.call('LREM', KEYS[5], -1, ARGV[i]) end
 local want = tonumber(ARGV[4])
 local out = {0}
 local function drain(source)
