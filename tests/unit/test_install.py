@@ -136,4 +136,4 @@ def test_editable_install_as_the_readme_says_lets_mypy_check_push(tmp_path: Path
         env=_env(),
     )
     assert status.returncode == 0, status.stderr
-    assert status.stdout.splitlines()[1].split() == ["fresh-venv-q", "0", "0", "-", "0", "-", "-"]
+    assert status.stdout.splitlines()[1].split() == ["fresh-venv-q", "0", "0", "0", "0", "no", "0"]
