@@ -176,3 +176,25 @@ def memory_booster(func: Any, **options: Any) -> Any:
             **options,
         )
     )
+
+
+SHARED_REDIS_URL = "redis://127.0.0.1:6379"
+
+
+def booster_options(kind: str, queue: str) -> dict[str, Any]:
+    """The ``BoostOptions`` fields of a booster of broker ``kind`` on the shared servers: the
+    memory broker in a namespace of its own, and RabbitMQ with its state in the shared Redis."""
+    from geboost import BrokerConfig, BrokerKind
+
+    if kind == "memory":
+        return {"broker_kind": BrokerKind.MEMORY, "broker_config": BrokerConfig(broker_url=queue)}
+    if kind == "redis":
+        return {
+            "broker_kind": BrokerKind.REDIS,
+            "broker_config": BrokerConfig(broker_url=SHARED_REDIS_URL),
+        }
+    return {
+        "broker_kind": BrokerKind.RABBITMQ,
+        "broker_config": BrokerConfig(broker_url="127.0.0.1:5672"),
+        "state_url": SHARED_REDIS_URL,
+    }

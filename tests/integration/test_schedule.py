@@ -20,6 +20,7 @@ import redis
 from geboost import Booster, BoostOptions, BrokerConfig, BrokerKind, Scheduler, new_booster
 from geboost.message import decode_task
 from tests.support import (
+    booster_options,
     cleanup_queues,
     drain,
     port_open,
@@ -57,21 +58,6 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _options(kind: str, queue: str) -> dict[str, Any]:
-    if kind == "memory":
-        return {"broker_kind": BrokerKind.MEMORY, "broker_config": BrokerConfig(broker_url=queue)}
-    if kind == "redis":
-        return {
-            "broker_kind": BrokerKind.REDIS,
-            "broker_config": BrokerConfig(broker_url=REDIS_URL),
-        }
-    return {
-        "broker_kind": BrokerKind.RABBITMQ,
-        "broker_config": BrokerConfig(broker_url="127.0.0.1:5672"),
-        "state_url": REDIS_URL,
-    }
-
-
 def _ticks(task_ids: list[str]) -> list[int]:
     """The ticks (epoch ms) in scheduled task ids ``sched-<schedule>-<tick ms>``."""
     return [int(task_id.rsplit("-", 1)[1]) for task_id in task_ids]
@@ -98,7 +84,7 @@ def booster(kind: str) -> Iterator[Booster[Any, Any]]:
             consume_func=collect,
             handle_signals=False,
             poll_timeout_s=0.2,
-            **_options(kind, queue),
+            **booster_options(kind, queue),
         )
     )
     b.calls = calls  # type: ignore[attr-defined]

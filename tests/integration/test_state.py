@@ -36,6 +36,7 @@ from geboost import (
 )
 from geboost.state.redis import RedisStateStore
 from tests.support import (
+    booster_options,
     cleanup_queues,
     port_open,
     python_cmd,
@@ -79,21 +80,6 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def _options(kind: str, queue: str) -> dict[str, Any]:
-    if kind == "memory":
-        return {"broker_kind": BrokerKind.MEMORY, "broker_config": BrokerConfig(broker_url=queue)}
-    if kind == "redis":
-        return {
-            "broker_kind": BrokerKind.REDIS,
-            "broker_config": BrokerConfig(broker_url=REDIS_URL),
-        }
-    return {
-        "broker_kind": BrokerKind.RABBITMQ,
-        "broker_config": BrokerConfig(broker_url="127.0.0.1:5672"),
-        "state_url": REDIS_URL,
-    }
-
-
 @pytest.fixture
 def make(kind: str) -> Iterator[Make]:
     """Builds boosters on one queue of this test; stops them and removes everything after."""
@@ -102,7 +88,7 @@ def make(kind: str) -> Iterator[Make]:
 
     def build(func: Callable[..., Any], **options: Any) -> Booster[Any, Any]:
         settings = {"handle_signals": False, "poll_timeout_s": 0.2, "result_ttl_s": 60.0}
-        settings.update(_options(kind, queue))
+        settings.update(booster_options(kind, queue))
         settings.update(options)
         b = new_booster(BoostOptions(queue_name=queue, consume_func=func, **settings))
         made.append(b)
@@ -352,7 +338,7 @@ def test_pause_and_resume_reach_a_worker_in_another_process(kind: str) -> None:
     if kind == "memory":
         pytest.skip("an in-process store is not shared with another process")
     queue = unique_name("st")
-    options = _options(kind, queue)
+    options = booster_options(kind, queue)
     url = options["broker_config"].broker_url
     config = {"queue": queue, "kind": kind, "url": url, "state_url": REDIS_URL}
 
