@@ -131,7 +131,10 @@ class Puller:
 
     def _fetch_timeout_s(self) -> float:
         timeout_s = self._engine.options.poll_timeout_s
-        if self.running:
+        # Busy: calls of ours run, or finished since the flush (sending acks can yield: pika
+        # drives its connection, and the calls run meanwhile); their acks must not wait for a
+        # whole poll (measured: the last acks of a RabbitMQ burst came 1 s late).
+        if self.running or self._to_ack or self._to_requeue:
             timeout_s = min(timeout_s, _BUSY_FETCH_S)
         due = self._engine.next_due()
         if due is not None:

@@ -474,3 +474,45 @@ def test_a_function_returning_a_coroutine_is_dead_lettered_at_once(
     assert calls == [1] and letter.attempts == 1  # no retries: it can never work
     assert letter.error.startswith("TypeError: ") and "never awaits" in letter.error
     assert [w for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+class _YieldingAck:
+    """A memory receiver whose ack and fetch yield to other greenlets, as pika's do (they drive
+    the connection): calls can finish while the puller sends acks."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.acked = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def ack(self, deliveries: Any) -> None:
+        gevent.sleep(0)
+        self.inner.ack(deliveries)
+        self.acked += len(deliveries)
+
+    def fetch(self, max_count: int, timeout_s: float) -> Any:
+        gevent.sleep(0)
+        return self.inner.fetch(max_count, timeout_s)
+
+
+def test_acks_of_calls_that_finish_while_acks_are_sent_do_not_wait_for_a_poll(
+    boosters: list[Any],
+) -> None:
+    b = memory_booster(lambda i: None, poll_timeout_s=4, concurrent_num=100, fetch_batch=50)
+    boosters.append(b)
+    receivers: list[_YieldingAck] = []
+    opened = b.broker.open_receiver
+
+    def open_receiver(queue: str, **kw: Any) -> _YieldingAck:
+        receivers.append(_YieldingAck(opened(queue, **kw)))
+        return receivers[-1]
+
+    b.broker.open_receiver = open_receiver  # type: ignore[method-assign]
+    b.push_many([(i,) for i in range(500)])
+    b.consume()
+    # With the bug the puller, finding no call running after its flush, fetched for a whole
+    # poll_timeout_s (4 s here) while the acks of the calls that ended during that flush
+    # waited in its mailbox.
+    assert wait_for(lambda: sum(r.acked for r in receivers) == 500, 2)
