@@ -351,6 +351,10 @@ class Engine:
         try:
             if job.writes_failed:
                 self._dead_letter(job)
+            elif self.stopping:
+                # Spawned before stop() began but not run yet: the call has not started, so it
+                # does not start now; the message goes back.
+                job.puller.give_back([job.delivery])
             else:
                 self._attempt(job)
         except GreenletExit:

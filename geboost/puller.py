@@ -116,8 +116,10 @@ class Puller:
             return
         want = min(engine.batch_cap, engine.slots.counter)
         if want <= 0:
-            engine.slots.wait(_IDLE_WAIT_S)
-            self.receiver.keepalive()
+            if not engine.slots.wait(_IDLE_WAIT_S):
+                # Only when no slot freed for a while: otherwise the next fetch comes at once
+                # and services the connection itself (and on Redis carries the acks).
+                self.receiver.keepalive()
             return
         for _ in range(want):  # never yields: the counter said they are free
             engine.slots.acquire(blocking=False)
@@ -169,8 +171,8 @@ class Puller:
         while (job := engine.pop_due()) is not None:
             if not engine.slots.acquire(blocking=False):
                 engine.put_back(job)
-                engine.slots.wait(_IDLE_WAIT_S)
-                self.receiver.keepalive()
+                if not engine.slots.wait(_IDLE_WAIT_S):
+                    self.receiver.keepalive()
                 return False
             self._in_hand += 1
             try:
