@@ -198,3 +198,17 @@ def booster_options(kind: str, queue: str) -> dict[str, Any]:
         "broker_config": BrokerConfig(broker_url="127.0.0.1:5672"),
         "state_url": SHARED_REDIS_URL,
     }
+
+
+def delete_state_keys(queue: str) -> None:
+    """Delete a queue's state-store keys (``geboost:<queue>:...``: results, dedupe marks,
+    schedules, registry) from the shared Redis, where RabbitMQ and memory tests keep them too."""
+    import redis
+
+    client = redis.Redis.from_url(SHARED_REDIS_URL)
+    try:
+        keys = list(client.scan_iter(f"geboost:{queue}:*", 1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from geboost import Booster, BoostOptions, BrokerConfig, BrokerKind, Scheduler, new_booster
 from geboost.message import decode_task
 from tests.support import (
     booster_options,
     cleanup_queues,
+    delete_state_keys,
     drain,
     port_open,
     python_cmd,
@@ -32,16 +32,6 @@ from tests.support import (
 )
 
 REDIS_URL = "redis://127.0.0.1:6379"
-
-
-def _delete_state_keys(queue: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(f"geboost:{queue}:*", 1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def _need_redis() -> None:
@@ -93,7 +83,7 @@ def booster(kind: str) -> Iterator[Booster[Any, Any]]:
     cleanup_queues(b.broker, queue)
     b.broker.close()
     if kind != "memory":
-        _delete_state_keys(queue)
+        delete_state_keys(queue)
 
 
 def test_an_every_second_job_runs(booster: Booster[Any, Any], log_lines: list[str]) -> None:
@@ -169,7 +159,7 @@ def test_three_scheduler_processes_push_each_tick_once(tmp_path: Path) -> None:
             stop_process(proc)
         cleanup_queues(broker, queue)
         broker.close()
-        _delete_state_keys(queue)
+        delete_state_keys(queue)
 
 
 HOUR = 3600.0

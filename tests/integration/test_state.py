@@ -38,6 +38,7 @@ from geboost.state.redis import RedisStateStore
 from tests.support import (
     booster_options,
     cleanup_queues,
+    delete_state_keys,
     port_open,
     python_cmd,
     running,
@@ -56,16 +57,6 @@ class Reading(msgspec.Struct):
 
 
 Make = Callable[..., Booster[Any, Any]]
-
-
-def _delete_state_keys(queue: str) -> None:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        keys = list(client.scan_iter(f"geboost:{queue}:*", 1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 @pytest.fixture(params=["memory", "redis", "rabbitmq"])
@@ -101,7 +92,7 @@ def make(kind: str) -> Iterator[Make]:
         cleanup_queues(made[0].broker, queue)
         made[0].broker.close()
     if kind != "memory":
-        _delete_state_keys(queue)
+        delete_state_keys(queue)
 
 
 # ----------------------------------------------------------------- results
@@ -327,7 +318,7 @@ def test_a_thousand_waiters_share_a_bounded_number_of_connections() -> None:
     finally:
         b.stop(timeout_s=5)
         cleanup_queues(b.broker, queue)
-        _delete_state_keys(queue)
+        delete_state_keys(queue)
         admin.close()
 
 
@@ -370,7 +361,7 @@ def test_pause_and_resume_reach_a_worker_in_another_process(kind: str) -> None:
     finally:
         b.stop(timeout_s=5)
         cleanup_queues(b.broker, queue)
-        _delete_state_keys(queue)
+        delete_state_keys(queue)
 
 
 # ----------------------------------------------------------------- configuration
