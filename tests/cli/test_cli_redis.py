@@ -175,7 +175,7 @@ def test_worker_consumes_a_module_file_until_sigterm(env: Env) -> None:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=40)
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
     assert proc.returncode == 0, err
     assert sorted(env.ran()) == list(range(200))
     assert f"consuming {env.queue}" in err
@@ -190,7 +190,7 @@ def test_status_dlq_and_purge_confirm_with_counts(env: Env) -> None:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=40)
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
     push(env, [1, 2, 3, 4, 5])
 
     status = env.run("status", str(env.module))
@@ -295,6 +295,22 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
+def _kill_tree(proc: subprocess.Popen[str]) -> None:
+    """SIGKILL the process if it still runs, and its children with it: a failed test must not
+    leave orphaned workers that keep writing to the shared Redis after the cleanup ran."""
+    try:
+        children = _children(proc.pid) if proc.poll() is None else []
+    except OSError:
+        children = []
+    stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+    for pid in children:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in children), 10)
+
+
 def test_supervisor_restarts_a_killed_child_and_loses_no_task(env: Env) -> None:
     n = 600
     env.env["CLI_TEST_SLEEP_S"] = "0.02"
@@ -303,6 +319,9 @@ def test_supervisor_restarts_a_killed_child_and_loses_no_task(env: Env) -> None:
     try:
         assert wait_for(lambda: len(_children(proc.pid)) == 2, 30)
         first = _children(proc.pid)
+        # Both children consume before one is killed: a child killed while still starting
+        # would never log "consuming", and the count below would be off by one.
+        assert wait_for(lambda: _read(proc).count(f"consuming {env.queue}") == 2, 30)
         assert wait_for(lambda: len(env.ran()) >= 50, 60)
         os.kill(first[0], signal.SIGKILL)
         assert wait_for(lambda: len(set(_children(proc.pid)) - set(first)) == 1, 30), _children(
@@ -319,7 +338,7 @@ def test_supervisor_restarts_a_killed_child_and_loses_no_task(env: Env) -> None:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
     err = _stderr_seen[proc.pid] + err
     assert proc.returncode == 0, err
     assert sorted(set(env.ran())) == list(range(n))  # at least once each, none lost
@@ -351,7 +370,7 @@ def test_multi_process_consume_from_a_script(env: Env) -> None:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=60)
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
     assert proc.returncode == 0, err
     # The script (its own process) and its two children imported it; no child ran __main__
     # (which would have started a supervisor of its own: more importers, more consumers).
@@ -374,7 +393,7 @@ def test_a_second_signal_kills_the_children(env: Env) -> None:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
         b.broker.close()  # type: ignore[attr-defined]
     assert proc.returncode == 1, err
     assert "second signal: killing the worker processes" in err
@@ -426,7 +445,7 @@ def test_the_scrape_example_through_geboost_worker_processes(env: Env) -> None:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=60) == 0, log.read_text()[-2000:]
         finally:
-            stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+            _kill_tree(proc)
 
 
 def test_a_worker_stopped_while_importing_exits_0(env: Env) -> None:
@@ -442,7 +461,7 @@ def test_a_worker_stopped_while_importing_exits_0(env: Env) -> None:
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
     assert proc.returncode == 0, err
     assert "stopped before consuming (SIGTERM)" in err
 
@@ -464,7 +483,7 @@ def test_status_watch_redraws_until_ctrl_c(env: Env) -> None:
             proc.send_signal(signal.SIGINT)
             _out, err = proc.communicate(timeout=10)
         finally:
-            stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+            _kill_tree(proc)
     assert proc.returncode == 0, err
     assert f"\n{env.queue} " in out.read_text()
 
@@ -495,7 +514,7 @@ def test_pause_resume_and_the_fleet_columns_of_status(env: Env) -> None:
         assert proc.returncode == 0
         assert wait_for(lambda: row()[-1] == "0", 30)  # a stopped worker leaves the registry
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
 
 
 def test_worker_scheduler_pushes_the_module_schedules(env: Env) -> None:
@@ -508,4 +527,4 @@ def test_worker_scheduler_pushes_the_module_schedules(env: Env) -> None:
         proc.communicate(timeout=40)
         assert proc.returncode == 0
     finally:
-        stop_process(proc, signal.SIGKILL)  # type: ignore[arg-type]
+        _kill_tree(proc)
