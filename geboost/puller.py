@@ -6,7 +6,8 @@ it sends them in batches between fetches. Its loop, one ``_step`` at a time:
 
 1. send the acks and requeues left for it;
 2. start the waiting jobs (retries, dead-letter writes) that are due, each in a free slot;
-3. reserve the free slots (at most ``batch_cap``) and fetch at most that many messages, waiting
+3. reserve the free slots (at most ``batch_cap``, and at most half the pool when the receiver
+   says its fetch is a round trip: ``overlap_fetches``) and fetch at most that many, waiting
    at most ``poll_timeout_s``, or 20 ms while its own calls run (their acks can only leave
    between fetches, and RabbitMQ sends nothing more until it gets them), and never past the
    time the next waiting job is due;
@@ -25,6 +26,7 @@ message): ``stop`` raises a flag and each puller leaves after its current fetch.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +76,14 @@ class Puller:
         self._to_ack: list[Delivery] = []
         self._to_requeue: list[Delivery] = []
         self._log = engine.log
+        self._fetch_cap = engine.batch_cap
+        if getattr(receiver, "overlap_fetches", False):
+            # A fetch that waits on the broker even when messages wait (Redis): taking half the
+            # pool at a time lets one half's calls run while the next half is on its way, so
+            # the worker does not idle a round trip per batch (measured on Redis consume-noop:
+            # worker CPU 0.8 -> 1.0, +15-30% calls/s).
+            half = max(1, math.ceil(engine.options.concurrent_num / 2))
+            self._fetch_cap = min(self._fetch_cap, half)
 
     def is_idle(self) -> bool:
         return not (self.running or self._in_hand or self._to_ack or self._to_requeue)
@@ -114,7 +124,7 @@ class Puller:
             return
         if not self._start_due():
             return
-        want = min(engine.batch_cap, engine.slots.counter)
+        want = min(self._fetch_cap, engine.slots.counter)
         if want <= 0:
             if not engine.slots.wait(_IDLE_WAIT_S):
                 # Only when no slot freed for a while: otherwise the next fetch comes at once

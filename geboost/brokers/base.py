@@ -124,7 +124,13 @@ class Delivery:
 
 @runtime_checkable
 class Receiver(Protocol):
-    """One connection pulling from one queue, used by exactly one greenlet."""
+    """One connection pulling from one queue, used by exactly one greenlet.
+
+    A receiver may also set a class attribute ``overlap_fetches = True`` (not part of the
+    protocol: absent means False) when its ``fetch`` waits on a broker round trip even while
+    messages wait, as Redis's does: its owner then fetches at most half the pool at a time, so
+    that calls run while the next batch is on its way.
+    """
 
     def fetch(self, max_count: int, timeout_s: float) -> Sequence[Delivery]:
         """Take up to ``max_count`` (>= 1) messages, waiting at most ``timeout_s`` for the first.

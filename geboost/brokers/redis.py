@@ -97,13 +97,14 @@ import gevent
 from gevent.event import Event
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
-from redis.exceptions import AuthenticationWrongNumberOfArgsError, RedisError
+from redis.exceptions import AuthenticationWrongNumberOfArgsError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from geboost.brokers.base import BrokerConfig, Delivery
 from geboost.brokers.redis_config import RedisSettings, RedisTarget, parse_target
-from geboost.brokers.redis_scripts import RedisScripts
+from geboost.brokers.redis_scripts import SOURCES, RedisScripts
+from geboost.brokers.redis_wire import LuaScript, Wire, bulk
 from geboost.errors import BrokerAuthenticationError, BrokerConnectionError, BrokerError
 from geboost.log import queue_logger
 
@@ -112,6 +113,12 @@ __all__ = ["RedisBroker", "RedisReceiver", "held_key", "leases_key"]
 _SCRIPT_CHUNK = 1000  # bodies per script call when acking or requeueing a huge batch
 _SHORT_WAIT_S = 0.2  # waits shorter than this poll instead of blocking in BLMOVE
 _FORGET_AFTER_MIN_S = 600.0  # dead consumers' ids are swept for at least this long
+# The scripts a receiver runs on its own connection (the broker's shared client has its own).
+_TAKE = LuaScript(SOURCES["take"])
+_ACK = LuaScript(SOURCES["ack"])
+_REQUEUE = LuaScript(SOURCES["requeue"])
+_RELEASE = LuaScript(SOURCES["release"])
+_HEARTBEAT = LuaScript(SOURCES["heartbeat"])
 
 
 def leases_key(queue_name: str) -> str:
@@ -412,6 +419,8 @@ class RedisBroker:
 class RedisReceiver:
     """One dedicated connection taking from one queue into this receiver's held list."""
 
+    overlap_fetches = True  # every take is a round trip: the puller overlaps it with calls
+
     def __init__(self, broker: RedisBroker, queue_name: str) -> None:
         self._broker = broker
         self.queue_name = queue_name
@@ -420,11 +429,26 @@ class RedisReceiver:
         self._timed_keys = [timed_key(queue_name), delayed_key(queue_name)]
         self._lane_prefix = lane_prefix(queue_name)
         self._lease_keys = lease_keys(queue_name)
-        self._client: Redis | None = None
-        self._scripts: RedisScripts | None = None
-        # What this receiver handed out and not yet settled: tells orphans (taken on the
-        # server, reply lost) from deliveries the engine still works on.
-        self._outstanding: Counter[bytes] = Counter()
+        self._wire: Wire | None = None
+        # The take's command up to its last three arguments, in RESP form once and for all:
+        # EVALSHA, 7 keys, promise ms, lease ms, consumer id, lane prefix (see redis_take.lua).
+        fixed = [
+            "EVALSHA",
+            _TAKE.sha,
+            7,
+            *self._lease_keys,
+            *self._keys,
+            *self._timed_keys,
+            *broker.settings.lease_args,
+            self.consumer_id,
+            self._lane_prefix,
+        ]
+        self._take_head = b"*%d\r\n" % (len(fixed) + 3) + b"".join(
+            bulk(str(arg).encode()) for arg in fixed
+        )
+        # What this receiver handed out and not yet settled (body -> how many times): tells
+        # orphans (taken on the server, reply lost) from deliveries the engine still works on.
+        self._outstanding: dict[bytes, int] = {}
         # Acked by the engine, not yet removed on the server: they ride on the next take (one
         # round trip for acks and fetch), or go by themselves from keepalive() and close().
         self._unsent_acks: list[bytes] = []
@@ -438,35 +462,40 @@ class RedisReceiver:
         )
 
     @contextmanager
-    def _guard(self, action: str) -> Iterator[Redis]:
-        if self._client is None:
-            self._client = Redis(connection_pool=self._broker.new_connection_pool(1))
-            self._scripts = RedisScripts(self._client)
+    def _guard(self, action: str) -> Iterator[Wire]:
+        if self._wire is None:
+            self._wire = Wire(self._broker.target)
             self._broker.register(self)
+        wire = self._wire
         try:
             with _translated(f"{action} on {self.queue_name!r}", self._broker.target.display):
-                yield self._client
+                yield wire
         except BrokerConnectionError:
-            self._client.connection_pool.disconnect()
+            wire.disconnect()
             raise
 
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
-        with self._guard("fetch") as client:
+        with self._guard("fetch") as wire:
             if self._quiet and not self._unsent_acks and timeout_s >= _SHORT_WAIT_S:
                 # A plain queue that was empty the last time: straight back to BLMOVE. An idle
                 # worker then sends one command per wait, not a take script (about eight
                 # commands on the server) as well; its lease is renewed by the heartbeats.
                 status, bodies = 0, list[bytes]()
             else:
-                status, bodies = self._take(client, max_count)
+                status, bodies = self._take(wire, max_count)
             if not bodies and timeout_s > 0:
-                bodies = self._wait_and_take(client, max_count, timeout_s, status)
+                bodies = self._wait_and_take(wire, max_count, timeout_s, status)
             self._quiet = not bodies and status == 0
-        self._outstanding.update(bodies)
-        return [Delivery(body, self.consumer_id) for body in bodies]
+        outstanding = self._outstanding
+        consumer_id = self.consumer_id
+        deliveries = []
+        for body in bodies:
+            outstanding[body] = outstanding.get(body, 0) + 1
+            deliveries.append(Delivery(body, consumer_id))
+        return deliveries
 
     def _wait_and_take(
-        self, client: Redis, max_count: int, timeout_s: float, status: int
+        self, wire: Wire, max_count: int, timeout_s: float, status: int
     ) -> list[bytes]:
         """Wait up to ``timeout_s`` for messages: in ``BLMOVE`` on ``Q`` (one command however
         long; a delayed or prioritised push wakes it with an empty token on ``Q``), and by
@@ -483,52 +512,58 @@ class RedisReceiver:
                 return []
             if min(wait_s, due_s) < _SHORT_WAIT_S:
                 gevent.sleep(min(wait_s, due_s))
-                status, bodies = self._take(client, max_count)
+                status, bodies = self._take(wire, max_count)
                 if bodies or due_s > wait_s:
                     return bodies
                 continue
             # Wake a little before a due time, then sleep the rest precisely.
             block_s = min(wait_s, due_s - _SHORT_WAIT_S / 2)
-            first = client.blmove(
-                self._keys[0],
-                self._keys[1],
-                # Redis takes decimal seconds; redis-py's hint says int.
-                self._block_s(block_s),  # type: ignore[arg-type]
-                "RIGHT",
-                "LEFT",
+            first = wire.call(
+                "BLMOVE", self._keys[0], self._keys[1], "RIGHT", "LEFT", self._block_s(block_s)
             )
             if first is None and due_s == math.inf:
                 return []  # as before timed pushes: one BLMOVE per idle fetch
             bodies = []
             if first == _WAKE_BYTES:
-                client.lrem(self._keys[1], 1, WAKE_TOKEN)  # push_timed's wake-up token
+                wire.call("LREM", self._keys[1], 1, WAKE_TOKEN)  # push_timed's wake-up token
             elif first is not None:
                 bodies = [cast(bytes, first)]
             if not bodies or max_count > 1:
-                status, more = self._take(client, max_count - len(bodies))
+                status, more = self._take(wire, max_count - len(bodies))
                 bodies += more
             if bodies:
                 return bodies
 
-    @property
-    def _lua(self) -> RedisScripts:
-        assert self._scripts is not None  # made with the client, in _guard
-        return self._scripts
-
-    def _take(self, client: Redis, count: int) -> tuple[int, list[bytes]]:
+    def _take(self, wire: Wire, count: int) -> tuple[int, list[bytes]]:
         """(status, bodies): see ``redis_take.lua`` for the status. Sends the unsent acks in
-        the same script call."""
+        the same script call, as their lengths and their concatenation (two arguments, not
+        one per ack)."""
         acks = self._unsent_acks[:_SCRIPT_CHUNK]
-        taken = self._lua.take(
-            [*self._lease_keys, *self._keys, *self._timed_keys],
-            [*self._broker.settings.lease_args, self.consumer_id, count, self._lane_prefix, *acks],
-            client=client,
+        packed = b"".join(
+            (
+                self._take_head,
+                bulk(b"%d" % count),
+                bulk(b",".join([b"%d" % len(body) for body in acks])),
+                bulk(b"".join(acks)),
+            )
         )
+        try:
+            status, lengths, joined = wire.call_packed(packed)
+        except NoScriptError:  # nothing ran: load the script and send the same again
+            wire.load(_TAKE)
+            status, lengths, joined = wire.call_packed(packed)
         if acks:
             del self._unsent_acks[: len(acks)]
             self._settled(acks)
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
-        return int(taken[0]), list(taken[1:])
+        bodies: list[bytes] = []
+        if lengths:
+            start = 0
+            for length in lengths.split(b","):
+                end = start + int(length)
+                bodies.append(joined[start:end])
+                start = end
+        return int(status), bodies
 
     def _block_s(self, timeout_s: float) -> float:
         # Shorter than the socket timeout, or a quiet queue would look like a dead server;
@@ -546,10 +581,9 @@ class RedisReceiver:
         bodies = self._unsent_acks
         if not bodies:
             return
-        with self._guard("ack") as client:
-            ack = self._lua.ack  # one lookup for the chunks
+        with self._guard("ack") as wire:
             for start in range(0, len(bodies), _SCRIPT_CHUNK):
-                ack(self._keys[1:], bodies[start : start + _SCRIPT_CHUNK], client=client)
+                wire.run(_ACK, self._keys[1:], bodies[start : start + _SCRIPT_CHUNK])
         self._unsent_acks = []
         self._settled(bodies)
 
@@ -557,48 +591,47 @@ class RedisReceiver:
         if not deliveries:
             return
         bodies = [d.body for d in deliveries]
-        with self._guard("requeue") as client:
-            self._requeue_bodies(client, bodies)
+        with self._guard("requeue") as wire:
+            self._requeue_bodies(wire, bodies)
         self._settled(bodies)
 
-    def _requeue_bodies(self, client: Redis, bodies: list[bytes]) -> int:
+    def _requeue_bodies(self, wire: Wire, bodies: list[bytes]) -> int:
         moved = 0
         # Each call puts its first body at the taking end; the last chunk goes first so that
         # the batch keeps its order.
         starts = range(0, len(bodies), _SCRIPT_CHUNK)
         for start in reversed(starts):
             chunk = bodies[start : start + _SCRIPT_CHUNK]
-            moved += int(self._lua.requeue(self._keys, chunk, client=client))
+            moved += int(wire.run(_REQUEUE, self._keys, chunk))
         return moved
 
     def _settled(self, bodies: list[bytes]) -> None:
-        self._outstanding.subtract(bodies)
+        outstanding = self._outstanding
         for body in bodies:
-            if self._outstanding[body] <= 0:
-                del self._outstanding[body]
+            left = outstanding.pop(body, 0) - 1
+            if left > 0:
+                outstanding[body] = left
 
     def keepalive(self) -> None:
         self._send_acks()  # no take is coming soon: the owner waits for a slot or the limiter
         if time.monotonic() < self._next_beat:
             return
-        with self._guard("heartbeat") as client:
-            self._lua.heartbeat(
-                self._lease_keys,
-                [*self._broker.settings.lease_args, self.consumer_id],
-                client=client,
+        with self._guard("heartbeat") as wire:
+            wire.run(
+                _HEARTBEAT, self._lease_keys, [*self._broker.settings.lease_args, self.consumer_id]
             )
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
 
     def reconnect(self) -> None:
-        with self._guard("reconnect") as client:
-            client.connection_pool.disconnect()
-            client.ping()
-            self._give_back_orphans(client)
+        with self._guard("reconnect") as wire:
+            wire.disconnect()
+            wire.call("PING")
+            self._give_back_orphans(wire)
 
-    def _give_back_orphans(self, client: Redis) -> None:
+    def _give_back_orphans(self, wire: Wire) -> None:
         """Requeue what the server records as ours but whose fetch reply never arrived."""
-        held = cast("list[bytes]", client.lrange(self._keys[1], 0, -1))  # raw replies: bytes
-        orphans = Counter(held) - self._outstanding
+        held = cast("list[bytes]", wire.call("LRANGE", self._keys[1], 0, -1))
+        orphans = Counter(held) - Counter(self._outstanding)
         if not orphans:
             return
         bodies: list[bytes] = []
@@ -606,13 +639,13 @@ class RedisReceiver:
             if orphans[body] > 0:
                 orphans[body] -= 1
                 bodies.append(body)
-        moved = self._requeue_bodies(client, bodies)
+        moved = self._requeue_bodies(wire, bodies)
         self._log.warning(
             "{} message(s) taken by a fetch whose reply was lost are back on the queue", moved
         )
 
     def close(self) -> None:
-        if self._client is not None and self._unsent_acks:
+        if self._wire is not None and self._unsent_acks:
             try:
                 self._send_acks()
             except BrokerError as exc:
@@ -622,14 +655,12 @@ class RedisReceiver:
                     exc,
                 )
         self._broker.unregister(self)
-        client, self._client = self._client, None
-        if client is None:
+        wire, self._wire = self._wire, None
+        if wire is None:
             return
         try:
             with _translated(f"close on {self.queue_name!r}", self._broker.target.display):
-                moved = self._lua.release(
-                    [*self._keys, *self._lease_keys[:2]], [self.consumer_id], client=client
-                )
+                moved = wire.run(_RELEASE, [*self._keys, *self._lease_keys[:2]], [self.consumer_id])
             if moved:
                 self._log.debug("gave back {} unsettled message(s) on close", moved)
         except BrokerError as exc:
@@ -645,5 +676,4 @@ class RedisReceiver:
         finally:
             self._outstanding.clear()
             self._unsent_acks = []  # those not sent come back with the release or the lease
-            self._scripts = None
-            client.connection_pool.disconnect()
+            wire.disconnect()

@@ -16,7 +16,7 @@ from importlib.resources import files
 from redis import Redis
 from redis.commands.core import Script
 
-__all__ = ["RedisScripts"]
+__all__ = ["SOURCES", "RedisScripts"]
 
 
 def _source(name: str) -> str:
@@ -25,7 +25,7 @@ def _source(name: str) -> str:
 
 # Scripts that record a touch of the queue run the lease clock first (it defines ``now_ms``).
 _CLOCK = _source("clock")
-_SOURCES = {
+SOURCES = {
     "take": _CLOCK + _source("take"),
     "heartbeat": _CLOCK + _source("heartbeat"),
     "recover": _CLOCK + _source("recover"),
@@ -52,11 +52,11 @@ class RedisScripts:
     )
 
     def __init__(self, client: Redis) -> None:
-        self.take: Script = client.register_script(_SOURCES["take"])
-        self.heartbeat: Script = client.register_script(_SOURCES["heartbeat"])
-        self.recover: Script = client.register_script(_SOURCES["recover"])
-        self.ack: Script = client.register_script(_SOURCES["ack"])
-        self.requeue: Script = client.register_script(_SOURCES["requeue"])
-        self.release: Script = client.register_script(_SOURCES["release"])
-        self.in_flight: Script = client.register_script(_SOURCES["in_flight"])
-        self.push_timed: Script = client.register_script(_SOURCES["push_timed"])
+        self.take: Script = client.register_script(SOURCES["take"])
+        self.heartbeat: Script = client.register_script(SOURCES["heartbeat"])
+        self.recover: Script = client.register_script(SOURCES["recover"])
+        self.ack: Script = client.register_script(SOURCES["ack"])
+        self.requeue: Script = client.register_script(SOURCES["requeue"])
+        self.release: Script = client.register_script(SOURCES["release"])
+        self.in_flight: Script = client.register_script(SOURCES["in_flight"])
+        self.push_timed: Script = client.register_script(SOURCES["push_timed"])

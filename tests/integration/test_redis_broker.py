@@ -305,6 +305,62 @@ def test_layout_batch_fetch_fifo_and_counts(shared: redis.Redis, queue: str) -> 
     assert shared.zscore(leases_key(queue), r.consumer_id) is None
 
 
+def test_any_bytes_survive_the_batched_take_and_ack(shared: redis.Redis, queue: str) -> None:
+    # A take returns its bodies as lengths plus one concatenation, and acks travel the same
+    # way: bodies holding the separators, digits, CRLF, NUL, non-UTF-8 bytes or nothing at all
+    # must come back whole and be removed exactly.
+    odd = [b"", b",", b"12,3", b"a\r\nb", b"\x00\xff\xfe", b"%d", "é€".encode(), b"x" * 70_000]
+    broker = _broker()
+    broker.publish(queue, odd)
+    r = broker.open_receiver(queue)
+    try:
+        got = r.fetch(100, 1.0)
+        assert [d.body for d in got] == odd
+        r.ack(got[:5])
+        assert r.fetch(100, 0) == []  # the acks rode on this take
+        assert shared.lrange(held_key(queue, r.consumer_id), 0, -1) == odd[5:][::-1]
+        r.ack(got[5:])
+        r.keepalive()
+        assert broker.in_flight(queue) == 0
+    finally:
+        r.close()
+        broker.close()
+
+
+def test_a_server_that_forgot_the_scripts_gets_them_again(tmpdir_path: str) -> None:
+    # A restarted or flushed server answers NOSCRIPT without running anything: the receiver
+    # loads the script and sends the same take again, so nothing is taken twice or lost.
+    port = free_port()
+    server = start_redis_server(tmpdir_path, port)
+    broker = _broker(f"127.0.0.1:{port}")
+    client = redis.Redis(port=port)
+    try:
+        broker.publish("q", _bodies(6))
+        r = broker.open_receiver("q")
+        first = r.fetch(2, 1.0)
+        client.script_flush()
+        r.ack(first)
+        second = r.fetch(2, 1.0)  # take (with the acks of the first two) after NOSCRIPT
+        client.script_flush()
+        r.requeue(second[1:])  # requeue, then heartbeat and ack, after NOSCRIPT each
+        client.script_flush()
+        r._next_beat = 0.0  # the beat is due
+        r.keepalive()
+        client.script_flush()
+        r.ack(second[:1])
+        r.keepalive()
+        rest = r.fetch(10, 1.0)
+        assert [d.body for d in first + second[:1] + rest] == _bodies(6)
+        assert client.llen(held_key("q", r.consumer_id)) == 3  # m3 again, m4, m5
+        client.script_flush()
+        r.close()  # gives back the three it holds
+        assert broker.count("q") == 3 and broker.in_flight("q") == 0
+    finally:
+        client.close()
+        broker.close()
+        stop_process(server)  # type: ignore[arg-type]
+
+
 def test_requeue_goes_first_in_order_and_close_gives_back(shared: redis.Redis, queue: str) -> None:
     broker = _broker()
     broker.publish(queue, _bodies(6))

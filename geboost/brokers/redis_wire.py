@@ -1,0 +1,76 @@
+"""One Redis connection spoken to directly: what a receiver uses instead of a ``Redis`` client.
+
+A receiver owns its connection (one per puller) and sends one command at a time from one
+greenlet, so a client's machinery -- a pool to check the connection out of and back into,
+fork and stale-data checks, retry wrappers, per-command reply callbacks -- buys it nothing on
+its hot path, and measured as much as the work itself: about half of a Redis worker's time
+consuming no-op tasks went to redis-py's dispatch around one script call per batch. The wire
+keeps redis-py's ``Connection`` (socket, TLS, AUTH, SELECT, CLIENT SETNAME, health checks, the
+reply parser) and skips the rest. Replies come back raw (bytes, ints, lists, None).
+
+Scripts run by their SHA1 (``EVALSHA``); a server that does not know one (restarted, flushed)
+answers ``NOSCRIPT`` without running anything, and the wire loads it and sends the same command
+again.
+"""
+
+from __future__ import annotations
+
+from hashlib import sha1
+from typing import Any
+
+from redis.connection import AbstractConnection
+from redis.exceptions import NoScriptError
+
+from geboost.brokers.redis_config import RedisTarget
+
+__all__ = ["LuaScript", "Wire", "bulk"]
+
+
+def bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+class LuaScript:
+    """A script's source and SHA1, computed once (no round trip)."""
+
+    __slots__ = ("sha", "source")
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = sha1(source.encode()).hexdigest()
+
+
+class Wire:
+    """See the module docstring. Connects on first use and again after any failure (redis-py's
+    connection drops its socket on a send or read error); raises redis-py's exceptions, which
+    the receiver translates."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, target: RedisTarget) -> None:
+        self._conn: AbstractConnection = target.connection_class(**target.connection_kwargs)
+
+    def call(self, *args: Any) -> Any:
+        conn = self._conn
+        conn.send_command(*args)  # type: ignore[no-untyped-call]
+        return conn.read_response()
+
+    def call_packed(self, packed: bytes) -> Any:
+        """Send a command already in RESP form (built by the caller without per-argument work)."""
+        conn = self._conn
+        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        return conn.read_response()
+
+    def run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.load(script)
+            return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    def load(self, script: LuaScript) -> None:
+        self.call("SCRIPT", "LOAD", script.source)
+
+    def disconnect(self) -> None:
+        self._conn.disconnect()  # type: ignore[no-untyped-call]
