@@ -200,6 +200,8 @@ class CountingReceiver:
     def __init__(self, inner: Receiver, counter: AckCounter) -> None:
         self._inner = inner
         self._counter = counter
+        # The engine reads this hint from the receiver it holds: pass the real one's on.
+        self.round_trip_fetch = getattr(inner, "round_trip_fetch", False)
 
     def fetch(self, max_count: int, timeout_s: float) -> Sequence[Delivery]:
         return self._inner.fetch(max_count, timeout_s)

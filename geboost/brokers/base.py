@@ -126,10 +126,11 @@ class Delivery:
 class Receiver(Protocol):
     """One connection pulling from one queue, used by exactly one greenlet.
 
-    A receiver may also set a class attribute ``overlap_fetches = True`` (not part of the
-    protocol: absent means False) when its ``fetch`` waits on a broker round trip even while
-    messages wait, as Redis's does: its owner then fetches at most half the pool at a time, so
-    that calls run while the next batch is on its way.
+    A receiver may also set a class attribute ``round_trip_fetch = True`` (not part of the
+    protocol: absent means False) when its ``fetch`` is one request and one reply, nothing
+    arriving between fetches, as Redis's is: its owner then fetches at most half the pool at a
+    time (calls run while the next batch is on its way) and, while its calls run, waits for
+    them between fetches itself rather than in ``fetch`` (see ``geboost.puller``).
     """
 
     def fetch(self, max_count: int, timeout_s: float) -> Sequence[Delivery]:

@@ -419,7 +419,7 @@ class RedisBroker:
 class RedisReceiver:
     """One dedicated connection taking from one queue into this receiver's held list."""
 
-    overlap_fetches = True  # every take is a round trip: the puller overlaps it with calls
+    round_trip_fetch = True  # every take is a round trip: the puller overlaps it with calls
 
     def __init__(self, broker: RedisBroker, queue_name: str) -> None:
         self._broker = broker

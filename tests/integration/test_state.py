@@ -34,6 +34,7 @@ from geboost import (
     TaskFailed,
     new_booster,
 )
+from geboost.brokers.redis_config import RedisSettings, parse_target
 from geboost.state.redis import RedisStateStore
 from tests.support import (
     booster_options,
@@ -397,3 +398,34 @@ def test_a_caller_task_id_with_odd_characters_gets_its_result(make: Make) -> Non
         assert waiter.get(timeout=10) == 42
     finally:
         waiter.kill()
+
+
+def test_redis_write_batch_keeps_odd_keys_values_and_ttls_whole() -> None:
+    # A batch travels as sizes plus one concatenation: keys with separators, digits and
+    # non-ASCII, values of any bytes (empty, CRLF, NUL, large), TTLs on and off, and more sets
+    # than one script call carries must all land exactly.
+    if not port_open("127.0.0.1", 6379):
+        skip_or_fail("no Redis server answers on 127.0.0.1:6379")
+    queue = unique_name("wb")
+    prefix = f"geboost:{queue}:"
+    odd = {
+        prefix + "a,1": b"",
+        prefix + "12,3,4": b"\r\n\x00\xff",
+        prefix + "é€ key": "é€".encode(),
+        prefix + "big": b"v" * 100_000,
+    }
+    many = {f"{prefix}n{i}": b"%d" % i for i in range(1200)}
+    settings = RedisSettings.from_options({})
+    store = RedisStateStore(parse_target(REDIS_URL, settings, {}), settings)
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        sets = [(k, v, 60.0) for k, v in odd.items()] + [(k, v, 0.0) for k, v in many.items()]
+        store.write_batch(sets, [])
+        for key, value in {**odd, **many}.items():
+            assert client.get(key) == value, key
+        assert 0 < client.pttl(prefix + "big") <= 60_000
+        assert client.pttl(prefix + "n0") == -1  # no TTL asked
+    finally:
+        store.close()
+        client.close()
+        delete_state_keys(queue)
