@@ -22,10 +22,13 @@ Delivery. Taking a message and recording who holds it is one atomic server step:
 (a Lua script moving up to N at once) or ``BLMOVE`` from ``Q`` into the receiver's held list.
 If the reply is lost on the way, the message is safe in the held list; on ``reconnect`` the
 receiver gives back what the server says it holds but it never received. ``ack`` removes
-messages from the held list (one script call for a whole batch: ``LREM`` each), ``requeue`` and
-``close`` move them back to the taking end of ``Q``. A fetch costs one round trip when messages
-wait (the first ``BLMOVE`` blocks only when ``Q`` is empty, and for less than the socket
-timeout), so round trips per message are about ``2 / batch size``.
+messages from the held list (``LREM`` each); they ride on the receiver's next take (one script
+call for both), or go by themselves when no take comes soon. ``requeue`` and ``close`` move them
+back to the taking end of ``Q``. A fetch costs one round trip when messages wait (the first
+``BLMOVE`` blocks only when ``Q`` is empty, and for less than the socket timeout), so round trips
+per message are about ``1 / batch size``. The take's reply is three parts whatever the batch
+(status, the bodies' lengths, their concatenation) and its acks travel the same way: a client
+parses and packs a few parts instead of one per message.
 
 Leases. Each lease carries its own length: its owner writes ``server now + lease_timeout_s``
 on every take and on every heartbeat (one small greenlet per broker renews all its open
@@ -55,8 +58,9 @@ after the next consumer starts. They may run twice, never zero times, when the w
 alive after all: cut off from Redis while others were not, or with its event loop blocked (CPU-
 bound code that never yields) for longer than its lease while others kept the queue touched.
 
-Connections: one per receiver (``conn_num`` per booster) plus one shared pool of at most
-``pool_max_connections`` for publishing, counts and heartbeats, whose waiting is
+Connections: one per receiver (``conn_num`` per booster), spoken to directly
+(``redis_wire.Wire``: redis-py's connection without a client's dispatch), plus one shared pool
+of at most ``pool_max_connections`` for publishing, counts and heartbeats, whose waiting is
 greenlet-aware, however large ``concurrent_num`` is. Every call makes ONE attempt (redis-py's
 own retries are off); failures raise ``BrokerConnectionError`` / ``BrokerError``, never a
 redis-py exception.
