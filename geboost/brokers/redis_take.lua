@@ -9,25 +9,52 @@
 -- queue), -1 = timed but nothing delayed, else the ms until the next delayed message is due.
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[3])
 redis.call('ZADD', KEYS[2], now_ms + tonumber(ARGV[1]), ARGV[3])
+-- Acks. Calls mostly finish in the order they were taken, and the oldest holdings sit at the
+-- held list's tail: the run of acked bodies there goes with one LTRIM, the rest by an LREM each
+-- (a redis.call costs more than the command it runs: one per ack was most of the script).
 local acked, pos = ARGV[7], 1
+local pending, count = {}, 0
 for n in string.gmatch(ARGV[6], '%d+') do
   local stop = pos + tonumber(n)
-  redis.call('LREM', KEYS[5], -1, string.sub(acked, pos, stop - 1))
+  local body = string.sub(acked, pos, stop - 1)
+  pending[body] = (pending[body] or 0) + 1
+  count = count + 1
   pos = stop
+end
+if count > 0 then
+  local tail = redis.call('LRANGE', KEYS[5], -count, -1)
+  local cut = 0
+  for i = #tail, 1, -1 do
+    local left = pending[tail[i]]
+    if not left or left == 0 then break end
+    pending[tail[i]] = left - 1
+    cut = cut + 1
+  end
+  if cut > 0 then redis.call('LTRIM', KEYS[5], 0, -cut - 1) end
+  for body, left in pairs(pending) do
+    for _ = 1, left do redis.call('LREM', KEYS[5], -1, body) end
+  end
 end
 local want = tonumber(ARGV[5])
 local bodies, lengths = {}, {}
 local status = 0
+-- One RPOP of many and one LPUSH per source list (not an LMOVE per message): the held list
+-- ends up as LMOVE RIGHT -> LEFT one by one would leave it, oldest taken at its tail.
 local function drain(source)
-  while #bodies < want do
-    local body = redis.call('LMOVE', source, KEYS[5], 'RIGHT', 'LEFT')
-    if not body then return end
-    if body == 'geboost:wake' then
-      redis.call('LREM', KEYS[5], 1, body)  -- a wake-up token of push_timed, not a message
-    else
+  local room = want - #bodies
+  if room <= 0 then return end
+  local popped = redis.call('RPOP', source, room)
+  if not popped then return end
+  local kept = {}
+  for _, body in ipairs(popped) do
+    if body ~= 'geboost:wake' then  -- a wake-up token of push_timed, not a message
+      kept[#kept + 1] = body
       bodies[#bodies + 1] = body
       lengths[#lengths + 1] = #body
     end
+  end
+  for i = 1, #kept, 1000 do  -- unpack() of a huge batch would overflow Lua's stack
+    redis.call('LPUSH', KEYS[5], unpack(kept, i, math.min(i + 999, #kept)))
   end
 end
 if redis.call('EXISTS', KEYS[6]) == 1 then

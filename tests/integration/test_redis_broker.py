@@ -30,6 +30,7 @@ from geboost import (
     PublishError,
     new_booster,
 )
+from geboost.brokers.base import Delivery
 from geboost.brokers.redis import RedisBroker, held_key, leases_key
 from tests.support import (
     REDIS_SERVER,
@@ -322,6 +323,32 @@ def test_any_bytes_survive_the_batched_take_and_ack(shared: redis.Redis, queue: 
         r.ack(got[5:])
         r.keepalive()
         assert broker.in_flight(queue) == 0
+    finally:
+        r.close()
+        broker.close()
+
+
+def test_acks_in_any_order_remove_exactly_what_they_name(shared: redis.Redis, queue: str) -> None:
+    # The take cuts the run of acked bodies at the held list's tail with one LTRIM and removes
+    # the others one by one: out of order, duplicated, or no longer held, each ack removes
+    # exactly one copy of what it names and nothing else.
+    broker = _broker()
+    bodies = [*_bodies(6), b"dup", b"dup"]
+    broker.publish(queue, bodies)
+    r = broker.open_receiver(queue)
+    held = held_key(queue, r.consumer_id)
+    try:
+        got = r.fetch(100, 1.0)
+        assert [d.body for d in got] == bodies
+        stranger = Delivery(b'{"task_id":"never-held"}')
+        r.ack([got[3], got[0], got[1], got[6], stranger])  # m0, m1 at the tail; m3 and a dup not
+        assert r.fetch(100, 0) == []
+        m = _bodies(6)
+        assert shared.lrange(held, 0, -1) == [b"dup", m[5], m[4], m[2]]  # newest first
+        r.ack([got[2], got[7], got[5], got[4]])  # the whole rest, newest first
+        r.keepalive()
+        assert shared.exists(held) == 0
+        assert broker.in_flight(queue) == 0 and broker.count(queue) == 0
     finally:
         r.close()
         broker.close()
