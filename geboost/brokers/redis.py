@@ -175,21 +175,25 @@ def held_key(queue_name: str, consumer_id: str) -> str:
     return held_prefix(queue_name) + consumer_id
 
 
-@contextmanager
-def _translated(action: str, where: str) -> Iterator[None]:
+def _translate(exc: RedisError | OSError, action: str, where: str) -> BrokerError:
     """redis-py's exceptions become ours here, and nowhere else."""
-    try:
-        yield
-    except (RedisAuthenticationError, AuthenticationWrongNumberOfArgsError) as exc:
+    if isinstance(exc, (RedisAuthenticationError, AuthenticationWrongNumberOfArgsError)):
         # Before ConnectionError, its base class in redis-py: a refused password is not a
         # network failure, and retrying at once cannot fix it.
-        raise BrokerAuthenticationError(
+        return BrokerAuthenticationError(
             f"redis {where}: {action} failed: authentication refused: {exc}"
-        ) from exc
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-        raise BrokerConnectionError(f"redis {where}: {action} failed: {exc}") from exc
-    except RedisError as exc:
-        raise BrokerError(f"redis {where}: {action} failed: {exc}") from exc
+        )
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+        return BrokerConnectionError(f"redis {where}: {action} failed: {exc}")
+    return BrokerError(f"redis {where}: {action} failed: {exc}")
+
+
+@contextmanager
+def _translated(action: str, where: str) -> Iterator[None]:
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise _translate(exc, action, where) from exc
 
 
 class RedisBroker:
@@ -465,21 +469,30 @@ class RedisReceiver:
             f"RedisReceiver({self._broker.target.display}, {self.queue_name!r}, {self.consumer_id})"
         )
 
-    @contextmanager
-    def _guard(self, action: str) -> Iterator[Wire]:
+    def _open_wire(self) -> Wire:
         if self._wire is None:
             self._wire = Wire(self._broker.target)
             self._broker.register(self)
-        wire = self._wire
-        try:
-            with _translated(f"{action} on {self.queue_name!r}", self._broker.target.display):
-                yield wire
-        except BrokerConnectionError:
+        return self._wire
+
+    def _failed(self, wire: Wire, action: str, exc: RedisError | OSError) -> BrokerError:
+        error = _translate(exc, f"{action} on {self.queue_name!r}", self._broker.target.display)
+        if isinstance(error, BrokerConnectionError):
             wire.disconnect()
-            raise
+        return error
+
+    @contextmanager
+    def _guard(self, action: str) -> Iterator[Wire]:
+        wire = self._open_wire()
+        try:
+            yield wire
+        except (RedisError, OSError) as exc:
+            raise self._failed(wire, action, exc) from exc
 
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
-        with self._guard("fetch") as wire:
+        # The hot path: the same as ``with self._guard("fetch")``, without its generator.
+        wire = self._open_wire()
+        try:
             if self._quiet and not self._unsent_acks and timeout_s >= _SHORT_WAIT_S:
                 # A plain queue that was empty the last time: straight back to BLMOVE. An idle
                 # worker then sends one command per wait, not a take script (about eight
@@ -490,6 +503,8 @@ class RedisReceiver:
             if not bodies and timeout_s > 0:
                 bodies = self._wait_and_take(wire, max_count, timeout_s, status)
             self._quiet = not bodies and status == 0
+        except (RedisError, OSError) as exc:
+            raise self._failed(wire, "fetch", exc) from exc
         outstanding = self._outstanding
         consumer_id = self.consumer_id
         deliveries = []
