@@ -65,9 +65,15 @@ class Sizes:
     delay_n: int = 1_000
     delay_rss_n: int = 100_000
     delay_settle_s: float = 3.0
+    # The consume-noop family (and the bare Pool it is compared with) runs this many times and
+    # keeps the fastest: a run lasts well under a second, and on these shared 2-core machines
+    # one run of the same code read anywhere from 38k/s to 62k/s. Rows compared with each
+    # other are all treated alike.
+    consume_repeats: int = 3
 
 
 QUICK = Sizes(
+    consume_repeats=1,
     publish_n=300,
     noop_n=300,
     fanout_n=200,
@@ -302,19 +308,27 @@ class Bench:
     def spec(self, broker: str, **more: Any) -> dict[str, Any]:
         return {"broker": broker, "broker_url": BROKER_URLS[broker], "url": self.http_url, **more}
 
-    def consume(self, broker: str, name: str, ideal_s: float, **spec: Any) -> dict[str, Any]:
-        """Fill the queue (network brokers: from another process), then drain it in a worker."""
+    def consume(
+        self, broker: str, name: str, ideal_s: float, repeats: int = 1, **spec: Any
+    ) -> dict[str, Any]:
+        """Fill the queue (network brokers: from another process), then drain it in a worker;
+        ``repeats`` times, keeping the fastest run (any failed run is returned instead)."""
         spec = self.spec(broker, queue=self.queue(broker, name), **spec)
         timeout_s = 60 + 4 * ideal_s
-        if broker != "memory" and not spec.get("prefilled"):
-            filled = run_process("worker.py", {**spec, "mode": "fill"}, timeout_s)
-            if not filled["ok"]:
-                raise RunFailed(
-                    f"push_many of {spec['n']} queued {filled['queued']}: "
-                    + " | ".join(filled["warnings"])
-                )
-        spec.update(mode="consume", prefill=broker == "memory", timeout_s=timeout_s)
-        return run_process("worker.py", spec, timeout_s + 30)
+        kept: dict[str, Any] | None = None
+        for attempt in range(repeats):
+            # "prefilled": publish() left the tasks for the first run; later runs fill again.
+            if broker != "memory" and not (spec.get("prefilled") and attempt == 0):
+                filled = run_process("worker.py", {**spec, "mode": "fill"}, timeout_s)
+                if not filled["ok"]:
+                    raise RunFailed(
+                        f"push_many of {spec['n']} queued {filled['queued']}: "
+                        + " | ".join(filled["warnings"])
+                    )
+            run = {**spec, "mode": "consume", "prefill": broker == "memory", "timeout_s": timeout_s}
+            kept = best(kept, run_process("worker.py", run, timeout_s + 30), "rate_per_s")
+        assert kept is not None
+        return kept
 
     def rate_row(self, broker: str, measure: str, result: dict[str, Any], key: str) -> Row:
         value = result[key] if result["ok"] else None
@@ -341,7 +355,11 @@ class Bench:
         spec = self.spec(
             "memory", mode="pool", task="noop", n=s.noop_n, concurrent=s.noop_concurrent
         )
-        result = self.pool["pool_noop"] = run_process("worker.py", spec, 120)
+        result: dict[str, Any] | None = None
+        for _ in range(s.consume_repeats):
+            result = best(result, run_process("worker.py", spec, 120), "rate_per_s")
+        assert result is not None
+        self.pool["pool_noop"] = result
         measure = f"ceiling: Pool({s.noop_concurrent}).spawn, {s.noop_n:,} no-op"
         self.add(self.rate_row("gevent", measure, result, "rate_per_s"))
         for fan in self.runnable(fanouts(s)):
@@ -419,6 +437,7 @@ class Bench:
             broker,
             "noop",
             1.0,
+            s.consume_repeats,
             task="noop",
             n=s.noop_n,
             concurrent=s.noop_concurrent,
@@ -444,7 +463,13 @@ class Bench:
         consumer converts from JSON (issue 9): the cost of typed arguments."""
         s = self.sizes
         result = self.consume(
-            broker, "typed", 1.0, task="typed", n=s.noop_n, concurrent=s.noop_concurrent
+            broker,
+            "typed",
+            1.0,
+            s.consume_repeats,
+            task="typed",
+            n=s.noop_n,
+            concurrent=s.noop_concurrent,
         )
         measure = f"consume-typed: {s.noop_n:,} @{s.noop_concurrent}, datetime+Decimal+list"
         row = self.rate_row(broker, measure, result, "rate_per_s")
@@ -688,6 +713,7 @@ class Bench:
                 broker,
                 "results-on" if on else "results-off",
                 1.0,
+                s.consume_repeats,
                 task="noop",
                 n=s.noop_n,
                 concurrent=s.noop_concurrent,
