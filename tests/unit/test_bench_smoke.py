@@ -27,7 +27,7 @@ def test_quick_benchmark_prints_a_table_without_failures_and_writes_json(tmp_pat
         ],
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=240,  # about 95 s here: one process per row, three brokers
         cwd=ROOT,
     )
     lines = result.stdout.splitlines()
