@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from geboost.brokers.redis_config import RedisTarget
 
-__all__ = ["LuaScript", "Wire", "bulk"]
+__all__ = ["LuaScript", "Wire", "bulk", "exchange", "run_script"]
 
 
 def bulk(value: bytes) -> bytes:
@@ -60,32 +60,8 @@ class Wire:
         return conn.read_response()
 
     def call_packed(self, packed: bytes) -> Any:
-        """Send a command already in RESP form (built by the caller without per-argument work).
-
-        On an open connection the bytes go out by one ``send`` on its socket: gevent's
-        ``sendall`` asks the kernel for the buffer size and slices a memoryview on every call,
-        which measured a fifth of a take's client time. No health check here: a receiver that
-        takes is never idle (its other commands still get redis-py's checks). Should redis-py
-        stop keeping its socket in ``_sock``, this falls back to its own send.
-        """
-        conn = self._conn
-        sock = getattr(conn, "_sock", None)
-        if sock is None:  # not connected yet (or after a failure): redis-py connects first
-            conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
-            return conn.read_response()
-        try:
-            sent = sock.send(packed)
-            if sent < len(packed):
-                sock.sendall(memoryview(packed)[sent:])
-        except BaseException as exc:
-            # As redis-py's own send: the connection is unusable after a partial write.
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            if isinstance(exc, socket.timeout):
-                raise RedisTimeoutError("Timeout writing to socket") from exc
-            if isinstance(exc, OSError):
-                raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
-            raise
-        return conn.read_response()
+        """Send a command already in RESP form (built by the caller without per-argument work)."""
+        return exchange(self._conn, packed)
 
     def run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -99,3 +75,44 @@ class Wire:
 
     def disconnect(self) -> None:
         self._conn.disconnect()  # type: ignore[no-untyped-call]
+
+
+def exchange(conn: AbstractConnection, packed: bytes) -> Any:
+    """Send one command already in RESP form on ``conn`` and read its reply.
+
+    On an open connection the bytes go out by one ``send`` on its socket: gevent's ``sendall``
+    asks the kernel for the buffer size and slices a memoryview on every call, which measured
+    a fifth of a take's client time. No health check here: the callers (a receiver's take, the
+    state store's batch writes) use busy connections. Should redis-py stop keeping its socket
+    in ``_sock``, this falls back to its own send.
+    """
+    sock = getattr(conn, "_sock", None)
+    if sock is None:  # not connected yet (or after a failure): redis-py connects first
+        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+        return conn.read_response()
+    try:
+        sent = sock.send(packed)
+        if sent < len(packed):
+            sock.sendall(memoryview(packed)[sent:])
+    except BaseException as exc:
+        # As redis-py's own send: the connection is unusable after a partial write.
+        conn.disconnect()  # type: ignore[no-untyped-call]
+        if isinstance(exc, socket.timeout):
+            raise RedisTimeoutError("Timeout writing to socket") from exc
+        if isinstance(exc, OSError):
+            raise RedisConnectionError(f"Error while writing to socket: {exc}") from exc
+        raise
+    return conn.read_response()
+
+
+def run_script(conn: AbstractConnection, script: LuaScript, args: list[bytes]) -> Any:
+    """``EVALSHA`` of ``script`` with no keys and ``args``, packed here in one piece; loads the
+    script and sends it again after ``NOSCRIPT`` (nothing ran)."""
+    head = b"*%d\r\n" % (3 + len(args)) + bulk(b"EVALSHA") + bulk(script.sha.encode()) + bulk(b"0")
+    packed = head + b"".join([bulk(arg) for arg in args])
+    try:
+        return exchange(conn, packed)
+    except NoScriptError:
+        conn.send_command("SCRIPT", "LOAD", script.source)  # type: ignore[no-untyped-call]
+        conn.read_response()
+        return exchange(conn, packed)

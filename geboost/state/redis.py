@@ -27,6 +27,7 @@ from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from geboost.brokers.redis_config import RedisSettings, RedisTarget
+from geboost.brokers.redis_wire import LuaScript, run_script
 from geboost.errors import StateStoreError
 from geboost.log import queue_logger
 from geboost.state.base import EventWatch
@@ -65,6 +66,7 @@ for j = 3, #ARGV, 2 do
 end
 return n
 """
+_WRITE_BATCH_SCRIPT = LuaScript(_WRITE_BATCH)
 # The fleet rate limit's booking and the registry's pruning: .lua files beside this module.
 _BOOK = files(__package__ or "geboost.state").joinpath("redis_book.lua").read_text()
 _REGISTRY = files(__package__ or "geboost.state").joinpath("redis_registry.lua").read_text()
@@ -156,19 +158,26 @@ class RedisStateStore:
         for channel, token in notices:
             by_channel.setdefault(channel, []).append(token)
         with self._guard(f"write {len(sets)} key(s)") as client:
-            script = self._script(client)
-            for start in range(0, max(len(sets), 1), _BATCH_CHUNK):
-                sizes: list[bytes] = []
-                joined: list[bytes] = []
-                for key, value, ttl_s in sets[start : start + _BATCH_CHUNK]:
-                    raw_key = key.encode()
-                    sizes.append(b"%d,%d,%d" % (len(raw_key), len(value), _px(ttl_s) or 0))
-                    joined += (raw_key, value)
-                args: list[Any] = [b",".join(sizes), b"".join(joined)]
-                if start + _BATCH_CHUNK >= len(sets):  # published after the last sets
-                    for channel, tokens in by_channel.items():
-                        args += [channel, _tokens_encoder.encode(tokens)]
-                script(keys=[], args=args)
+            # The recorder's hot path: one pooled connection, spoken to directly (see
+            # geboost.brokers.redis_wire; redis-py's dispatch around one script call per batch
+            # cost as much as the batch).
+            pool = client.connection_pool
+            conn = pool.get_connection()
+            try:
+                for start in range(0, max(len(sets), 1), _BATCH_CHUNK):
+                    sizes: list[bytes] = []
+                    joined: list[bytes] = []
+                    for key, value, ttl_s in sets[start : start + _BATCH_CHUNK]:
+                        raw_key = key.encode()
+                        sizes.append(b"%d,%d,%d" % (len(raw_key), len(value), _px(ttl_s) or 0))
+                        joined += (raw_key, value)
+                    args = [b",".join(sizes), b"".join(joined)]
+                    if start + _BATCH_CHUNK >= len(sets):  # published after the last sets
+                        for channel, tokens in by_channel.items():
+                            args += [channel.encode(), _tokens_encoder.encode(tokens)]
+                    run_script(conn, _WRITE_BATCH_SCRIPT, args)
+            finally:
+                pool.release(conn)
 
     def _script(self, client: Redis, source: str = _WRITE_BATCH) -> Any:
         """``source`` registered once (redis-py's ``Script``: EVALSHA, and the source again

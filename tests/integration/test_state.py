@@ -7,6 +7,7 @@ key a test makes carries its queue name (``geboost:<queue>:...``) and is deleted
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -37,13 +38,17 @@ from geboost import (
 from geboost.brokers.redis_config import RedisSettings, parse_target
 from geboost.state.redis import RedisStateStore
 from tests.support import (
+    REDIS_SERVER,
     booster_options,
     cleanup_queues,
     delete_state_keys,
+    free_port,
     port_open,
     python_cmd,
     running,
     skip_or_fail,
+    start_redis_server,
+    stop_process,
     unique_name,
     wait_for,
 )
@@ -429,3 +434,25 @@ def test_redis_write_batch_keeps_odd_keys_values_and_ttls_whole() -> None:
         store.close()
         client.close()
         delete_state_keys(queue)
+
+
+def test_redis_write_batch_loads_its_script_on_a_server_that_forgot_it(tmp_path: Any) -> None:
+    # Batch writes run their script by SHA on a pooled connection: a restarted or flushed
+    # server answers NOSCRIPT (nothing ran), and the store loads the script and writes again.
+    if not os.path.exists(REDIS_SERVER):
+        skip_or_fail(f"{REDIS_SERVER} is not installed")
+    port = free_port()
+    server = start_redis_server(str(tmp_path), port)
+    url = f"redis://127.0.0.1:{port}"
+    settings = RedisSettings.from_options({})
+    store = RedisStateStore(parse_target(url, settings, {}), settings)
+    client = redis.Redis.from_url(url)
+    try:
+        store.write_batch([("a", b"1", 0.0)], [])
+        client.script_flush()
+        store.write_batch([("b", b"2", 0.0)], [("geboost:done", "b")])
+        assert client.mget("a", "b") == [b"1", b"2"]
+    finally:
+        store.close()
+        client.close()
+        stop_process(server)  # type: ignore[arg-type]
