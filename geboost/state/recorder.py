@@ -11,6 +11,8 @@ between may leave a task acked whose result was never stored (its status then st
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import gevent
@@ -27,6 +29,8 @@ from geboost.state.keys import dedupe_key, done_channel, result_key
 __all__ = ["TaskRecorder"]
 
 _RETRY_WRITE_S = 1.0
+_BUSY_GAP_S = 0.0005  # woken this soon after a write: the writer is busy (see _write_loop)
+_GATHER_S = 0.001  # how long a busy writer lets the next batch gather
 _value_encoder = msgspec.json.Encoder()
 _STARTED = encode_outcome(Outcome(status="started"))
 _RETRYING = encode_outcome(Outcome(status="retrying"))
@@ -123,10 +127,19 @@ class TaskRecorder:
                 self._writer = gevent.spawn(self._write_loop)
 
     def _write_loop(self) -> None:
+        last_write = -math.inf
         while True:
             self._wake.wait()
+            if time.monotonic() - last_write < _BUSY_GAP_S:
+                # Busy: statuses came while the last batch was on its way, so let this one
+                # gather for a moment (a write per ~25 statuses cost a third of a Redis
+                # results-on worker's time; now ~3x fewer writes). A status after a quiet
+                # moment (an rpc caller waiting) still goes at once.
+                gevent.sleep(_GATHER_S)
             self._wake.clear()
-            if not self._write_once():
+            written = self._write_once()
+            last_write = time.monotonic()
+            if not written:
                 gevent.sleep(_RETRY_WRITE_S)
                 self._wake.set()
             elif not self._sets and not self._notices:
