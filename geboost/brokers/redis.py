@@ -101,7 +101,7 @@ import gevent
 from gevent.event import Event
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
-from redis.exceptions import AuthenticationWrongNumberOfArgsError, NoScriptError, RedisError
+from redis.exceptions import AuthenticationWrongNumberOfArgsError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -566,11 +566,7 @@ class RedisReceiver:
                 bulk(b"".join(acks)),
             )
         )
-        try:
-            status, lengths, joined = wire.call_packed(packed)
-        except NoScriptError:  # nothing ran: load the script and send the same again
-            wire.load(_TAKE)
-            status, lengths, joined = wire.call_packed(packed)
+        status, lengths, joined = wire.run_packed(_TAKE, packed)
         if acks:
             del self._unsent_acks[: len(acks)]
             self._settled(acks)

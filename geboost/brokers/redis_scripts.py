@@ -1,6 +1,8 @@
-"""The Lua scripts of the Redis broker (the ``redis_*.lua`` files beside this module), bound to
-a client with redis-py's own script support (``register_script``: EVALSHA, and the source again
-after ``NOSCRIPT`` from a restarted server).
+"""The Lua scripts of the Redis broker (the ``redis_*.lua`` files beside this module).
+``SOURCES`` holds them all; the receiver runs its own (take, ack, requeue, release, heartbeat)
+on its connection through ``redis_wire``, and ``RedisScripts`` binds the broker's queue-wide ones
+to its shared client with redis-py's own script support (``register_script``: EVALSHA, and the
+source again after ``NOSCRIPT`` from a restarted server).
 
 Each script is one atomic step on the server: that is what lets a message be taken AND recorded
 as held by one consumer with no moment in between where a dropped connection could lose it.
@@ -38,25 +40,13 @@ SOURCES = {
 
 
 class RedisScripts:
-    """The broker's scripts, registered on one client (registering does not talk to Redis)."""
+    """The broker's queue-wide scripts, registered on its shared client (registering does not
+    talk to Redis)."""
 
-    __slots__ = (
-        "ack",
-        "heartbeat",
-        "in_flight",
-        "push_timed",
-        "recover",
-        "release",
-        "requeue",
-        "take",
-    )
+    __slots__ = ("heartbeat", "in_flight", "push_timed", "recover")
 
     def __init__(self, client: Redis) -> None:
-        self.take: Script = client.register_script(SOURCES["take"])
         self.heartbeat: Script = client.register_script(SOURCES["heartbeat"])
         self.recover: Script = client.register_script(SOURCES["recover"])
-        self.ack: Script = client.register_script(SOURCES["ack"])
-        self.requeue: Script = client.register_script(SOURCES["requeue"])
-        self.release: Script = client.register_script(SOURCES["release"])
         self.in_flight: Script = client.register_script(SOURCES["in_flight"])
         self.push_timed: Script = client.register_script(SOURCES["push_timed"])

@@ -26,7 +26,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from geboost.brokers.redis_config import RedisTarget
 
-__all__ = ["LuaScript", "Wire", "bulk", "exchange", "run_script"]
+__all__ = ["LuaScript", "Wire", "bulk", "exchange", "exchange_script", "run_script"]
 
 
 def bulk(value: bytes) -> bytes:
@@ -59,19 +59,16 @@ class Wire:
         conn.send_command(*args)  # type: ignore[no-untyped-call]
         return conn.read_response()
 
-    def call_packed(self, packed: bytes) -> Any:
-        """Send a command already in RESP form (built by the caller without per-argument work)."""
-        return exchange(self._conn, packed)
+    def run_packed(self, script: LuaScript, packed: bytes) -> Any:
+        """``exchange_script`` on this wire's connection."""
+        return exchange_script(self._conn, script, packed)
 
     def run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         try:
             return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
         except NoScriptError:
-            self.load(script)
+            _load(self._conn, script)
             return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
-
-    def load(self, script: LuaScript) -> None:
-        self.call("SCRIPT", "LOAD", script.source)
 
     def disconnect(self) -> None:
         self._conn.disconnect()  # type: ignore[no-untyped-call]
@@ -105,14 +102,23 @@ def exchange(conn: AbstractConnection, packed: bytes) -> Any:
     return conn.read_response()
 
 
-def run_script(conn: AbstractConnection, script: LuaScript, args: list[bytes]) -> Any:
-    """``EVALSHA`` of ``script`` with no keys and ``args``, packed here in one piece; loads the
-    script and sends it again after ``NOSCRIPT`` (nothing ran)."""
-    head = b"*%d\r\n" % (3 + len(args)) + bulk(b"EVALSHA") + bulk(script.sha.encode()) + bulk(b"0")
-    packed = head + b"".join([bulk(arg) for arg in args])
+def exchange_script(conn: AbstractConnection, script: LuaScript, packed: bytes) -> Any:
+    """``exchange`` of ``packed``, an ``EVALSHA`` of ``script``; after ``NOSCRIPT`` (nothing
+    ran) the script is loaded and the same command sent again."""
     try:
         return exchange(conn, packed)
     except NoScriptError:
-        conn.send_command("SCRIPT", "LOAD", script.source)  # type: ignore[no-untyped-call]
-        conn.read_response()
+        _load(conn, script)
         return exchange(conn, packed)
+
+
+def run_script(conn: AbstractConnection, script: LuaScript, args: list[bytes]) -> Any:
+    """``EVALSHA`` of ``script`` with no keys and ``args``, packed here in one piece (see
+    ``exchange_script``)."""
+    head = b"*%d\r\n" % (3 + len(args)) + bulk(b"EVALSHA") + bulk(script.sha.encode()) + bulk(b"0")
+    return exchange_script(conn, script, head + b"".join([bulk(arg) for arg in args]))
+
+
+def _load(conn: AbstractConnection, script: LuaScript) -> None:
+    conn.send_command("SCRIPT", "LOAD", script.source)  # type: ignore[no-untyped-call]
+    conn.read_response()

@@ -179,7 +179,7 @@ class RedisStateStore:
             finally:
                 pool.release(conn)
 
-    def _script(self, client: Redis, source: str = _WRITE_BATCH) -> Any:
+    def _script(self, client: Redis, source: str) -> Any:
         """``source`` registered once (redis-py's ``Script``: EVALSHA, and the source again
         after ``NOSCRIPT`` from a restarted server)."""
         script = self._scripts.get(source)
