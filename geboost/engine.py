@@ -1,15 +1,14 @@
-"""The engine: ``conn_num`` pullers feeding ONE group of greenlets bounded by ``concurrent_num``.
+"""The engine: ``conn_num`` pullers feeding ONE crew of greenlets bounded by ``concurrent_num``.
 
-The engine owns what the pullers share: the slot semaphore, the group of running calls, the
-bucket that paces starts, and the jobs waiting for a later attempt (retries and dead-letter
-writes). Each puller (``geboost.puller``) owns its receiver, its loop, its acks and its
-reconnection.
+The engine owns what the pullers share: the slot semaphore, the crew of greenlets that runs the
+calls (``geboost.crew``: kept between calls, not one per call), the bucket that paces starts,
+and the jobs waiting for a later attempt (retries and dead-letter writes). Each puller
+(``geboost.puller``) owns its receiver, its loop, its acks and its reconnection.
 
 One slot primitive. ``slots`` is a ``BoundedSemaphore(concurrent_num)``: a puller acquires one
 slot per message before it fetches, and the call gives it back when it ends (``finally``), so no
-path can keep a slot, and ``pool.spawn`` never blocks. That is gevent's ``Pool`` taken apart: a
-``Group`` of calls plus a semaphore, so that slots can be reserved before the fetch that fills
-them.
+path can keep a slot, and starting a call never blocks. That is gevent's ``Pool`` taken apart
+(calls plus a semaphore), so that slots can be reserved before the fetch that fills them.
 
 Waiting jobs hold no slot and no greenlet: they sit in one heap ordered by due time. Any puller
 starts the due ones at its next step, and every puller's fetch ends by the earliest due time,
@@ -52,10 +51,10 @@ import gevent
 from gevent import Greenlet, GreenletExit
 from gevent.event import Event
 from gevent.lock import BoundedSemaphore
-from gevent.pool import Group
 
 from geboost.brokers.base import Broker, dead_letter_queue
 from geboost.codec import CallCodec
+from geboost.crew import Crew
 from geboost.errors import BrokerError, ConfigurationError, DecodeError, StateStoreError
 from geboost.log import queue_logger
 from geboost.message import DeadLetter, TaskMessage, encode
@@ -104,7 +103,7 @@ class Engine:
         self._func: Callable[..., Any] = options.consume_func
         self._codec = codec
         self.slots = BoundedSemaphore(options.concurrent_num)
-        self.calls = Group()
+        self.calls: Crew[Job] = Crew(self._run)
         self.bucket: StartPacer = LeakyBucket(options.qps_limit)
         if options.qps_scope == "queue" and options.qps_limit > 0:
             if state is None:  # new_booster refuses this; a direct Engine(...) must not pass
@@ -266,16 +265,17 @@ class Engine:
         self._stopping.set()
         self.log.info("stopping: running calls get up to {} s to finish", timeout_s)
         self._give_back_waiting()
-        if not self.calls.join(timeout=max(0.0, deadline - time.monotonic())):
+        if not self.calls.join(max(0.0, deadline - time.monotonic())):
             self.log.warning(
                 "{} call(s) still running after {} s are interrupted; "
                 "their messages go back to the queue",
                 len(self.calls),
                 timeout_s,
             )
-            self.calls.kill(block=True, timeout=5)
+            self.calls.kill(timeout_s=5)
             if self.calls:
                 self.log.error("{} call(s) ignored the interruption and still run", len(self.calls))
+        self.calls.close()
         if self.recorder is not None:
             self.recorder.flush(timeout_s=5.0)
         self.drained.set()
@@ -344,7 +344,7 @@ class Engine:
     def start_job(self, job: Job) -> None:
         """Run ``job``'s next step in the group; the caller has acquired a slot for it."""
         job.puller.running += 1
-        self.calls.spawn(self._run, job)
+        self.calls.start(job)
 
     def _run(self, job: Job) -> None:
         """One step of one message, in a slot. Never raises (except GreenletExit)."""
