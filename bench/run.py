@@ -469,6 +469,7 @@ class Bench:
         median of the pairs' ratios. Both sides of a pair see the same phase."""
         s = self.sizes
         ratios: list[float] = []
+        rates: list[tuple[float, float]] = []  # (memory, broker) per pair, for the JSON
         for _ in range(s.pairs):
             # Longer runs than consume-noop's: a short hiccup weighs less.
             size = {"task": "noop", "n": s.fleet_noop_n, "concurrent": s.noop_concurrent}
@@ -478,10 +479,11 @@ class Bench:
                 self.add(Row(broker, "consume-noop / memory, alternated", failed(bad), detail=bad))
                 return
             ratios.append(runs[1]["rate_per_s"] / runs[0]["rate_per_s"])
+            rates.append((runs[0]["rate_per_s"], runs[1]["rate_per_s"]))
         median = statistics.median(ratios)
         measure = f"consume-noop / memory, {s.fleet_noop_n:,} @{s.noop_concurrent}, {s.pairs} pairs"
         shown = f"median {median:.2f} (pairs {min(ratios):.2f}-{max(ratios):.2f})"
-        row = Row(broker, measure, shown, median, "ratio")
+        row = Row(broker, measure, shown, median, "ratio", detail={"rates_per_s": rates})
         row.target, row.verdict = ">= 0.75 of memory", verdict(median >= 0.75)
         self.add(row)
 

@@ -95,6 +95,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import accumulate
 from typing import Any, cast
 
 import gevent
@@ -566,19 +567,15 @@ class RedisReceiver:
                 bulk(b"".join(acks)),
             )
         )
-        status, lengths, joined = wire.run_packed(_TAKE, packed)
+        status, lengths, joined = wire.take(_TAKE, packed)
         if acks:
             del self._unsent_acks[: len(acks)]
             self._settled(acks)
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
-        bodies: list[bytes] = []
-        if lengths:
-            start = 0
-            for length in lengths.split(b","):
-                end = start + int(length)
-                bodies.append(joined[start:end])
-                start = end
-        return int(status), bodies
+        if not lengths:
+            return status, []
+        ends = list(accumulate(map(int, lengths.split(b","))))
+        return status, [joined[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
 
     def _block_s(self, timeout_s: float) -> float:
         # Shorter than the socket timeout, or a quiet queue would look like a dead server;

@@ -354,6 +354,25 @@ def test_acks_in_any_order_remove_exactly_what_they_name(shared: redis.Redis, qu
         broker.close()
 
 
+def test_an_error_reply_to_a_take_raises_and_the_connection_goes_on(
+    shared: redis.Redis, queue: str
+) -> None:
+    # The take's reply is read off the socket by geboost: an error reply (here WRONGTYPE, the
+    # queue's key being a string) must raise at once, whole, and leave the connection usable.
+    broker = _broker()
+    r = broker.open_receiver(queue)
+    try:
+        shared.set(queue, "not a list")
+        with pytest.raises(BrokerError, match="WRONGTYPE"):
+            r.fetch(10, 0)
+        shared.delete(queue)
+        broker.publish(queue, _bodies(3))
+        assert [d.body for d in r.fetch(10, 1.0)] == _bodies(3)
+    finally:
+        r.close()
+        broker.close()
+
+
 def test_a_server_that_forgot_the_scripts_gets_them_again(tmpdir_path: str) -> None:
     # A restarted or flushed server answers NOSCRIPT without running anything: the receiver
     # loads the script and sends the same take again, so nothing is taken twice or lost.
