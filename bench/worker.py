@@ -200,11 +200,14 @@ class CountingReceiver:
     def __init__(self, inner: Receiver, counter: AckCounter) -> None:
         self._inner = inner
         self._counter = counter
-        # The engine reads this hint from the receiver it holds: pass the real one's on.
-        self.round_trip_fetch = getattr(inner, "round_trip_fetch", False)
 
     def fetch(self, max_count: int, timeout_s: float) -> Sequence[Delivery]:
         return self._inner.fetch(max_count, timeout_s)
+
+    def __getattr__(self, name: str) -> Any:
+        # What the engine may read beyond the protocol (round_trip_fetch, send_ahead) is the
+        # real receiver's, or absent as it is there.
+        return getattr(self._inner, name)
 
     def ack(self, deliveries: Sequence[Delivery]) -> None:
         self._inner.ack(deliveries)

@@ -130,7 +130,9 @@ class Receiver(Protocol):
     protocol: absent means False) when its ``fetch`` is one request and one reply, nothing
     arriving between fetches, as Redis's is: its owner then fetches at most half the pool at a
     time (calls run while the next batch is on its way) and, while its calls run, waits for
-    them between fetches itself rather than in ``fetch`` (see ``geboost.puller``).
+    them between fetches itself rather than in ``fetch`` (see ``geboost.puller``). Such a
+    receiver may also offer ``send_ahead(count)``: send a take now whose batch a later
+    ``fetch(count, ...)`` hands out, oldest first (Redis's; the owner holds its slots).
     """
 
     def fetch(self, max_count: int, timeout_s: float) -> Sequence[Delivery]:

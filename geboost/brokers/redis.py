@@ -28,7 +28,12 @@ back to the taking end of ``Q``. A fetch costs one round trip when messages wait
 ``BLMOVE`` blocks only when ``Q`` is empty, and for less than the socket timeout), so round trips
 per message are about ``1 / batch size``. The take's reply is three parts whatever the batch
 (status, the bodies' lengths, their concatenation) and its acks travel the same way: a client
-parses and packs a few parts instead of one per message.
+parses and packs a few parts instead of one per message. A take may be sent ahead
+(``send_ahead``: its owner's puller does it when calls are quick), its reply read by a later
+fetch; replies come back in order, and any other command first reads the replies on their
+way. A take's acks leave ``_unsent_acks`` when it is sent and count as settled when its reply
+is read; a lost connection puts back the acks of takes whose reply never came, and the
+messages those takes moved are orphans the reconnect gives back.
 
 Leases. Each lease carries its own length: its owner writes ``server now + lease_timeout_s``
 on every take and on every heartbeat (one small greenlet per broker renews all its open
@@ -92,7 +97,7 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import accumulate
@@ -102,7 +107,7 @@ import gevent
 from gevent.event import Event
 from redis import BlockingConnectionPool, ConnectionPool, Redis
 from redis.exceptions import AuthenticationError as RedisAuthenticationError
-from redis.exceptions import AuthenticationWrongNumberOfArgsError, RedisError
+from redis.exceptions import AuthenticationWrongNumberOfArgsError, NoScriptError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -425,6 +430,18 @@ class RedisBroker:
                 self.scripts.heartbeat(lease_keys(queue_name), [*self.settings.lease_args, *ids])
 
 
+class _SentTake:
+    """A take sent on a receiver's wire: the acks it carries, its command (sent again after
+    NOSCRIPT), and its reply once read."""
+
+    __slots__ = ("acks", "packed", "reply")
+
+    def __init__(self, acks: list[bytes], packed: bytes) -> None:
+        self.acks = acks
+        self.packed = packed
+        self.reply: tuple[int, bytes, bytes] | None = None
+
+
 class RedisReceiver:
     """One dedicated connection taking from one queue into this receiver's held list."""
 
@@ -462,6 +479,9 @@ class RedisReceiver:
         # round trip for acks and fetch), or go by themselves from keepalive() and close().
         self._unsent_acks: list[bytes] = []
         self._quiet = False  # the last fetch found a plain queue empty
+        # Takes sent and not handed out yet, oldest first (``send_ahead``): those read (by an
+        # operation that must not mix its reply with theirs) come before those still unread.
+        self._takes: deque[_SentTake] = deque()
         self._next_beat = 0.0
         self._log = queue_logger(queue_name)
 
@@ -482,19 +502,54 @@ class RedisReceiver:
             wire.disconnect()
         return error
 
+    def _failed_take(self, wire: Wire, action: str, exc: RedisError | OSError) -> BrokerError:
+        if self._takes:
+            self._drop_takes()
+            wire.disconnect()  # replies of takes sent ahead may still be on their way
+        return self._failed(wire, action, exc)
+
+    def _drop_takes(self) -> None:
+        """Forget the takes sent and not handed out: their messages, held on the server and
+        not outstanding, come back as orphans on the next connection; acks whose take's reply
+        was not read go again."""
+        unsent = [ack for take in self._takes if take.reply is None for ack in take.acks]
+        self._unsent_acks[:0] = unsent
+        self._takes.clear()
+
     @contextmanager
     def _guard(self, action: str) -> Iterator[Wire]:
         wire = self._open_wire()
         try:
+            self._read_takes(wire)  # replies of takes sent ahead come before this one's
             yield wire
         except (RedisError, OSError) as exc:
-            raise self._failed(wire, action, exc) from exc
+            raise self._failed_take(wire, action, exc) from exc
+
+    @property
+    def ahead(self) -> int:
+        """How many takes were sent ahead and not handed out by ``fetch`` yet."""
+        return len(self._takes)
+
+    def send_ahead(self, count: int) -> None:
+        """Send a take of up to ``count`` messages now; a later ``fetch`` hands its messages
+        out, oldest take first, with ``max_count`` equal to its ``count`` (the owner holds that
+        many slots for it meanwhile). The server prepares the next batches while this one's
+        calls run. Any other operation reads the replies on their way first and keeps them."""
+        wire = self._open_wire()
+        try:
+            self._send_take(wire, count)
+        except (RedisError, OSError) as exc:
+            raise self._failed_take(wire, "fetch", exc) from exc
 
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
         # The hot path: the same as ``with self._guard("fetch")``, without its generator.
         wire = self._open_wire()
         try:
-            if self._quiet and not self._unsent_acks and timeout_s >= _SHORT_WAIT_S:
+            if self._takes:
+                status, bodies = self._hand_out_take(wire)
+                if not bodies and self._takes:
+                    return []  # the next take's reply is still to come: no wait in between
+            elif self._quiet and not self._unsent_acks and timeout_s >= _SHORT_WAIT_S:
                 # A plain queue that was empty the last time: straight back to BLMOVE. An idle
                 # worker then sends one command per wait, not a take script (about eight
                 # commands on the server) as well; its lease is renewed by the heartbeats.
@@ -505,7 +560,7 @@ class RedisReceiver:
                 bodies = self._wait_and_take(wire, max_count, timeout_s, status)
             self._quiet = not bodies and status == 0
         except (RedisError, OSError) as exc:
-            raise self._failed(wire, "fetch", exc) from exc
+            raise self._failed_take(wire, "fetch", exc) from exc
         outstanding = self._outstanding
         consumer_id = self.consumer_id
         deliveries = []
@@ -557,8 +612,14 @@ class RedisReceiver:
     def _take(self, wire: Wire, count: int) -> tuple[int, list[bytes]]:
         """(status, bodies): see ``redis_take.lua`` for the status. Sends the unsent acks in
         the same script call, as their lengths and their concatenation (two arguments, not
-        one per ack)."""
+        one per ack). Only with no take sent ahead (its reply would come first)."""
+        assert not self._takes
+        self._send_take(wire, count)
+        return self._hand_out_take(wire)
+
+    def _send_take(self, wire: Wire, count: int) -> None:
         acks = self._unsent_acks[:_SCRIPT_CHUNK]
+        del self._unsent_acks[: len(acks)]  # on their way: the next take must not carry them
         packed = b"".join(
             (
                 self._take_head,
@@ -567,15 +628,61 @@ class RedisReceiver:
                 bulk(b"".join(acks)),
             )
         )
-        status, lengths, joined = wire.take(_TAKE, packed)
-        if acks:
-            del self._unsent_acks[: len(acks)]
-            self._settled(acks)
-        self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
+        self._takes.append(_SentTake(acks, packed))
+        wire.send_take(packed)
+
+    def _hand_out_take(self, wire: Wire) -> tuple[int, list[bytes]]:
+        """The oldest take sent: its reply (read now if it was not yet), and it is forgotten."""
+        take = self._takes[0]
+        if take.reply is None:
+            self._read_take(wire, take)
+        self._takes.popleft()
+        assert take.reply is not None
+        status, lengths, joined = take.reply
         if not lengths:
             return status, []
         ends = list(accumulate(map(int, lengths.split(b","))))
         return status, [joined[start:end] for start, end in zip([0, *ends[:-1]], ends, strict=True)]
+
+    def _read_takes(self, wire: Wire) -> None:
+        """Read the reply of every take sent (they are kept for ``fetch``)."""
+        for take in self._takes:
+            if take.reply is None:
+                self._read_take(wire, take)
+
+    def _read_take(self, wire: Wire, take: _SentTake) -> None:
+        """Read ``take``'s reply, the next on the wire: the takes before it have theirs."""
+        try:
+            take.reply = wire.read_triple()
+        except NoScriptError:
+            self._after_noscript(wire)
+        else:
+            self._took(take)
+
+    def _after_noscript(self, wire: Wire) -> None:
+        """The server forgot the script (restarted, flushed): nothing ran for a take answered
+        NOSCRIPT. The replies of the takes sent after it are read first (another worker may
+        have loaded the script in between), then the script is loaded and each take answered
+        NOSCRIPT sent again, in order, and its reply read: every take keeps its place."""
+        unread = [take for take in self._takes if take.reply is None]
+        redo = unread[:1]
+        for take in unread[1:]:
+            try:
+                take.reply = wire.read_triple()
+            except NoScriptError:
+                redo.append(take)
+            else:
+                self._took(take)
+        wire.load(_TAKE)
+        for take in redo:
+            wire.send_take(take.packed)
+            take.reply = wire.read_triple()
+            self._took(take)
+
+    def _took(self, take: _SentTake) -> None:
+        if take.acks:
+            self._settled(take.acks)
+        self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
 
     def _block_s(self, timeout_s: float) -> float:
         # Shorter than the socket timeout, or a quiet queue would look like a dead server;
@@ -590,10 +697,10 @@ class RedisReceiver:
             self._send_acks()
 
     def _send_acks(self) -> None:
-        bodies = self._unsent_acks
-        if not bodies:
+        if not self._unsent_acks:
             return
         with self._guard("ack") as wire:
+            bodies = self._unsent_acks
             for start in range(0, len(bodies), _SCRIPT_CHUNK):
                 wire.run(_ACK, self._keys[1:], bodies[start : start + _SCRIPT_CHUNK])
         self._unsent_acks = []
@@ -635,6 +742,8 @@ class RedisReceiver:
         self._next_beat = time.monotonic() + self._broker.settings.heartbeat_interval_s
 
     def reconnect(self) -> None:
+        # Takes on their way, or read and not handed out, are lost with the old connection.
+        self._drop_takes()
         with self._guard("reconnect") as wire:
             wire.disconnect()
             wire.call("PING")
@@ -672,6 +781,8 @@ class RedisReceiver:
             return
         try:
             with _translated(f"close on {self.queue_name!r}", self._broker.target.display):
+                self._read_takes(wire)  # what they took is held: the release gives it back
+                self._takes.clear()
                 moved = wire.run(_RELEASE, [*self._keys, *self._lease_keys[:2]], [self.consumer_id])
             if moved:
                 self._log.debug("gave back {} unsettled message(s) on close", moved)
@@ -688,4 +799,5 @@ class RedisReceiver:
         finally:
             self._outstanding.clear()
             self._unsent_acks = []  # those not sent come back with the release or the lease
+            self._takes.clear()
             wire.disconnect()

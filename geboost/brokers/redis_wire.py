@@ -7,7 +7,7 @@ its hot path, and measured as much as the work itself: about half of a Redis wor
 consuming no-op tasks went to redis-py's dispatch around one script call per batch. The wire
 keeps redis-py's ``Connection`` (socket, TLS, AUTH, SELECT, CLIENT SETNAME, health checks, the
 reply parser) and skips the rest. Replies come back raw (bytes, ints, lists, None); the take's,
-always an integer and two strings, is read off the socket here (``exchange_triple``).
+always an integer and two strings, is read off the socket here (``read_triple``).
 
 Scripts run by their SHA1 (``EVALSHA``); a server that does not know one (restarted, flushed)
 answers ``NOSCRIPT`` without running anything, and the wire loads it and sends the same command
@@ -46,8 +46,8 @@ __all__ = [
     "bulk",
     "exchange",
     "exchange_script",
-    "exchange_triple",
     "run_script",
+    "send_packed",
 ]
 
 _RECV_SIZE = 65536
@@ -73,19 +73,42 @@ class Wire:
     connection drops its socket on a send or read error); raises redis-py's exceptions, which
     the receiver translates."""
 
-    __slots__ = ("_conn",)
+    __slots__ = ("_conn", "_rest")
 
     def __init__(self, target: RedisTarget) -> None:
         self._conn: AbstractConnection = target.connection_class(**target.connection_kwargs)
+        # Bytes read past the take reply just returned: the start of the next take's (takes
+        # sent ahead answer back to back). Empty whenever no take is on its way.
+        self._rest = b""
 
     def call(self, *args: Any) -> Any:
         conn = self._conn
         conn.send_command(*args)  # type: ignore[no-untyped-call]
         return conn.read_response()
 
-    def take(self, script: LuaScript, packed: bytes) -> tuple[int, bytes, bytes]:
-        """``exchange_triple`` on this wire's connection."""
-        return exchange_triple(self._conn, script, packed)
+    def send_take(self, packed: bytes) -> None:
+        """Send a take (an ``EVALSHA`` in RESP form) without reading its reply: takes may be
+        sent ahead, their replies read in order by ``read_triple``."""
+        send_packed(self._conn, packed)
+
+    def read_triple(self) -> tuple[int, bytes, bytes]:
+        """The next reply, a take's: ``{integer, string, string}``, read off the socket here
+        rather than by redis-py's parser, a few ``find`` calls instead of its nine reads
+        through its buffer (measured: about a tenth of a take's client time). An error reply
+        raises as redis-py would raise it."""
+        conn = self._conn
+        sock: socket.socket | None = getattr(conn, "_sock", None)
+        if sock is None:
+            self._rest = b""
+            raise RedisConnectionError("not connected")
+        reply, self._rest = _read_triple(conn, sock, self._rest)
+        if isinstance(reply, RedisError):
+            raise reply  # after keeping what follows it: the replies to later takes
+        return reply
+
+    def load(self, script: LuaScript) -> None:
+        """``SCRIPT LOAD``; only with no reply on its way."""
+        _load(self._conn, script)
 
     def run(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -95,6 +118,7 @@ class Wire:
             return self.call("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def disconnect(self) -> None:
+        self._rest = b""
         self._conn.disconnect()  # type: ignore[no-untyped-call]
 
 
@@ -107,11 +131,7 @@ def exchange(conn: AbstractConnection, packed: bytes) -> Any:
     state store's batch writes) use busy connections. Should redis-py stop keeping its socket
     in ``_sock``, this falls back to its own send.
     """
-    sock = getattr(conn, "_sock", None)
-    if sock is None:  # not connected yet (or after a failure): redis-py connects first
-        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
-        return conn.read_response()
-    _send(conn, sock, packed)
+    send_packed(conn, packed)
     return conn.read_response()
 
 
@@ -135,29 +155,34 @@ def _broken(conn: AbstractConnection, exc: BaseException, doing: str) -> BaseExc
     return exc
 
 
-def exchange_triple(
-    conn: AbstractConnection, script: LuaScript, packed: bytes
-) -> tuple[int, bytes, bytes]:
-    """``exchange_script`` of a script whose reply is always ``{integer, string, string}``
-    (the take's), read off the socket here rather than by redis-py's parser: a take's reply
-    costs a few ``find`` calls instead of the parser's nine reads through its buffer (measured:
-    about a tenth of a take's client time). An error reply raises as redis-py would raise it.
-    """
-    sock: socket.socket | None = getattr(conn, "_sock", None)
+def send_packed(conn: AbstractConnection, packed: bytes) -> None:
+    """Send one command already in RESP form, without reading its reply (see ``exchange``)."""
+    sock = getattr(conn, "_sock", None)
     if sock is None:  # not connected yet (or after a failure): redis-py connects first
-        status, first, second = exchange_script(conn, script, packed)
-        return int(status), first, second
-    _send(conn, sock, packed)
-    try:
-        return _read_triple(conn, sock)
-    except NoScriptError:
-        _load(conn, script)
-        return exchange_triple(conn, script, packed)
+        conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
+    else:
+        _send(conn, sock, packed)
 
 
-def _read_triple(conn: AbstractConnection, sock: socket.socket) -> tuple[int, bytes, bytes]:
-    buf = b""
+def _read_triple(
+    conn: AbstractConnection, sock: socket.socket, buf: bytes
+) -> tuple[tuple[int, bytes, bytes] | RedisError, bytes]:
+    """The reply at the start of ``buf`` (an error reply as redis-py's exception) and what
+    follows it, reading more as needed."""
     while True:
+        if buf[:1] == b"-":  # an error reply: one line
+            end = buf.find(b"\r\n")
+            if end >= 0:
+                return _parse_error(buf[1:end].decode(errors="replace")), buf[end + 2 :]
+        elif buf:
+            try:
+                parsed = _parse_triple(buf)
+            except RedisConnectionError:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+                raise
+            if parsed is not None:
+                reply, size = parsed
+                return reply, buf[size:]
         try:
             more = sock.recv(_RECV_SIZE)
         except BaseException as exc:
@@ -166,19 +191,6 @@ def _read_triple(conn: AbstractConnection, sock: socket.socket) -> tuple[int, by
             conn.disconnect()  # type: ignore[no-untyped-call]
             raise RedisConnectionError("Connection closed by server.")
         buf += more
-        if buf[:1] == b"-":  # an error reply: one line
-            if buf.endswith(b"\r\n"):
-                raise _parse_error(buf[1:-2].decode(errors="replace"))
-            continue
-        try:
-            parsed = _parse_triple(buf)
-            if parsed is not None and parsed[1] != len(buf):
-                raise RedisConnectionError("unexpected bytes after a take's reply")
-        except RedisConnectionError:
-            conn.disconnect()  # type: ignore[no-untyped-call]
-            raise
-        if parsed is not None:
-            return parsed[0]
 
 
 def _parse_triple(buf: bytes) -> tuple[tuple[int, bytes, bytes], int] | None:

@@ -32,6 +32,7 @@ from geboost import (
 )
 from geboost.brokers.base import Delivery
 from geboost.brokers.redis import RedisBroker, held_key, leases_key
+from geboost.brokers.redis_scripts import SOURCES
 from tests.support import (
     REDIS_SERVER,
     free_port,
@@ -687,3 +688,215 @@ def test_recovery_sweeps_the_legacy_consumers_zset(shared: redis.Redis, queue: s
         assert broker.in_flight(queue) == 1
     finally:
         broker.close()
+
+
+# ---------------------------------------------------------------- takes sent ahead
+def test_takes_sent_ahead_hand_out_their_batches_in_order(shared: redis.Redis, queue: str) -> None:
+    broker = _broker()
+    broker.publish(queue, _bodies(12))
+    r = broker.open_receiver(queue)
+    held = held_key(queue, r.consumer_id)
+    try:
+        first = r.fetch(3, 1.0)
+        r.ack(first)  # carried by the first take sent ahead
+        r.send_ahead(3)
+        r.send_ahead(3)
+        assert r.ahead == 2
+        second, third = r.fetch(3, 0), r.fetch(3, 0)
+        assert r.ahead == 0
+        assert [d.body for d in first + second + third] == _bodies(9)
+        assert shared.lrange(held, 0, -1) == list(reversed(_bodies(9)[3:]))  # newest first
+        assert broker.count(queue) == 3
+        r.ack(second + third)
+        r.keepalive()
+        assert shared.exists(held) == 0
+    finally:
+        r.close()
+        broker.close()
+
+
+def test_other_operations_read_the_replies_on_their_way_first(
+    shared: redis.Redis, queue: str
+) -> None:
+    # A requeue, a heartbeat and acks sent by themselves each read the takes' replies first
+    # and keep them: the next fetches hand those batches out, in order.
+    broker = _broker()
+    broker.publish(queue, _bodies(9))
+    r = broker.open_receiver(queue)
+    try:
+        first = r.fetch(3, 1.0)
+        r.send_ahead(3)
+        r.requeue(first[:1])  # m0 back at the taking end
+        r.send_ahead(3)
+        r._next_beat = 0.0  # a heartbeat is due
+        r.keepalive()
+        r.ack(first[1:])
+        r.keepalive()
+        m = _bodies(9)
+        assert [d.body for d in r.fetch(3, 0)] == m[3:6]
+        assert [d.body for d in r.fetch(3, 0)] == [m[0], m[6], m[7]]  # sent after the requeue
+        assert [d.body for d in r.fetch(10, 0)] == [m[8]]
+        assert broker.in_flight(queue) == 7  # m0, m3 .. m8
+    finally:
+        r.close()
+        broker.close()
+    assert broker.count(queue) == 7 and broker.in_flight(queue) == 0
+
+
+@pytest.mark.parametrize("loaded_between", [False, True])
+def test_takes_sent_ahead_to_a_server_that_forgot_the_script(
+    tmpdir_path: str, loaded_between: bool
+) -> None:
+    # Both takes answered NOSCRIPT (nothing ran), or only the first (another client loaded
+    # the script in between): each is sent again in its place, nothing taken twice or lost.
+    port = free_port()
+    server = start_redis_server(tmpdir_path, port)
+    broker = _broker(f"127.0.0.1:{port}")
+    client = redis.Redis(port=port)
+    try:
+        broker.publish("q", _bodies(9))
+        r = broker.open_receiver("q")
+        first = r.fetch(1, 1.0)
+        client.script_flush()
+        r.send_ahead(3)
+        if loaded_between:
+            client.script_load(SOURCES["take"])
+        r.send_ahead(3)
+        second, third = r.fetch(3, 0), r.fetch(3, 0)
+        assert len(second) == len(third) == 3  # each take's batch for its own slots
+        if loaded_between:  # the second take ran first: the first took what came after
+            second, third = third, second
+        assert [d.body for d in first + second + third] == _bodies(7)
+        assert client.llen(held_key("q", r.consumer_id)) == 7
+        assert broker.count("q") == 2
+        r.close()
+        assert broker.count("q") == 9 and broker.in_flight("q") == 0
+    finally:
+        client.close()
+        broker.close()
+        stop_process(server)  # type: ignore[arg-type]
+
+
+def test_a_connection_lost_with_takes_on_their_way_loses_nothing(
+    shared: redis.Redis, queue: str
+) -> None:
+    # The replies are lost with the connection: the messages those takes moved to the held
+    # list go back to the queue on reconnect (orphans), the acks they carried go again.
+    broker = _broker()
+    broker.publish(queue, _bodies(9))
+    r = broker.open_receiver(queue)
+    try:
+        first = r.fetch(3, 1.0)
+        r.ack(first)
+        r.send_ahead(3)
+        r.send_ahead(3)
+        assert wait_for(lambda: broker.count(queue) == 0, 5, 0.01)  # both ran on the server
+        assert r._wire is not None
+        r._wire.disconnect()  # as a network failure would: the replies never arrive
+        with pytest.raises(BrokerConnectionError):
+            r.fetch(3, 0)
+        assert r.ahead == 0
+        r.reconnect()
+        again = r.fetch(10, 1.0)
+        assert [d.body for d in again] == _bodies(9)[3:]
+        r.ack(again)
+        r.keepalive()
+        assert broker.in_flight(queue) == 0 and broker.count(queue) == 0
+    finally:
+        r.close()
+        broker.close()
+
+
+def test_close_with_takes_on_their_way_gives_everything_back(
+    shared: redis.Redis, queue: str
+) -> None:
+    broker = _broker()
+    broker.publish(queue, _bodies(6))
+    r = broker.open_receiver(queue)
+    r.send_ahead(3)
+    r.send_ahead(3)
+    r.close()
+    try:
+        assert broker.count(queue) == 6 and broker.in_flight(queue) == 0
+        r2 = broker.open_receiver(queue)
+        assert [d.body for d in r2.fetch(10, 1.0)] == _bodies(6)
+        r2.close()
+    finally:
+        broker.close()
+
+
+def test_a_burst_with_retries_due_while_takes_are_ahead_completes(queue: str) -> None:
+    # Quick calls make the puller send takes ahead for every free slot; retries falling due
+    # meanwhile must still start (the takes ahead are handed out first, not waited behind).
+    runs: dict[int, int] = {}
+
+    def task(i: int) -> None:
+        runs[i] = runs.get(i, 0) + 1
+        if i % 50 == 0 and runs[i] == 1:
+            raise ValueError("first attempt fails")
+
+    booster = new_booster(
+        BoostOptions(
+            queue_name=queue,
+            consume_func=task,
+            broker_kind=BrokerKind.REDIS,
+            broker_config=BrokerConfig(broker_url=SHARED),
+            concurrent_num=10,
+            max_retries=1,
+            retry_backoff_s=0.001,
+            handle_signals=False,
+        )
+    )
+    n = 3000
+    booster.push_many([(i,) for i in range(n)])
+    booster.consume()
+    try:
+        assert booster.wait_until_idle(timeout_s=60)
+        assert len(runs) == n
+        assert {i: c for i, c in runs.items() if c != 1} == {i: 2 for i in range(0, n, 50)}
+        assert booster.message_count() == 0
+    finally:
+        booster.stop(timeout_s=5)
+
+
+@pytest.mark.parametrize("how", ["stop", "pause"])
+def test_stopping_or_pausing_a_quick_burst_gives_back_what_did_not_start(
+    queue: str, how: str
+) -> None:
+    # In the middle of a burst of quick calls, takes are on their way: their messages go
+    # back unstarted. Every task then ran exactly once or is back in the queue, none held.
+    runs: dict[int, int] = {}
+
+    def task(i: int) -> None:
+        runs[i] = runs.get(i, 0) + 1
+
+    booster = new_booster(
+        BoostOptions(
+            queue_name=queue,
+            consume_func=task,
+            broker_kind=BrokerKind.REDIS,
+            broker_config=BrokerConfig(broker_url=SHARED),
+            concurrent_num=50,
+            handle_signals=False,
+        )
+    )
+    n = 200_000  # a pause is noticed within 0.5 s: more than that much work at full speed
+    booster.push_many([(i,) for i in range(n)])
+    booster.consume()
+    try:
+        assert wait_for(lambda: len(runs) >= 2000, 30, 0.001)
+        if how == "pause":
+            booster.pause()
+            assert wait_for(lambda: booster.in_flight_count() == 0, 10, 0.01)
+            ran = len(runs)
+            gevent.sleep(0.6)  # longer than the pause check: nothing more starts
+            assert len(runs) == ran
+        booster.stop(timeout_s=5)
+        assert set(runs.values()) == {1}
+        assert len(runs) < n
+        assert booster.in_flight_count() == 0
+        assert booster.message_count() == n - len(runs)
+    finally:
+        booster.stop(timeout_s=5)
+        if how == "pause":
+            booster.resume()
