@@ -503,10 +503,15 @@ class RedisReceiver:
         return error
 
     def _failed_take(self, wire: Wire, action: str, exc: RedisError | OSError) -> BrokerError:
+        self._abandon_takes(wire)
+        return self._failed(wire, action, exc)
+
+    def _abandon_takes(self, wire: Wire) -> None:
+        """After a failure with takes not handed out: they are dropped, and so is the
+        connection, on which their replies may still be coming."""
         if self._takes:
             self._drop_takes()
-            wire.disconnect()  # replies of takes sent ahead may still be on their way
-        return self._failed(wire, action, exc)
+            wire.disconnect()
 
     def _drop_takes(self) -> None:
         """Forget the takes sent and not handed out: their messages, held on the server and
@@ -540,6 +545,9 @@ class RedisReceiver:
             self._send_take(wire, count)
         except (RedisError, OSError) as exc:
             raise self._failed_take(wire, "fetch", exc) from exc
+        except BaseException:
+            self._abandon_takes(wire)
+            raise
 
     def fetch(self, max_count: int, timeout_s: float) -> list[Delivery]:
         # The hot path: the same as ``with self._guard("fetch")``, without its generator.
@@ -561,6 +569,9 @@ class RedisReceiver:
             self._quiet = not bodies and status == 0
         except (RedisError, OSError) as exc:
             raise self._failed_take(wire, "fetch", exc) from exc
+        except BaseException:
+            self._abandon_takes(wire)  # interrupted (the owner is being killed)
+            raise
         outstanding = self._outstanding
         consumer_id = self.consumer_id
         deliveries = []
