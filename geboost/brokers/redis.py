@@ -663,12 +663,17 @@ class RedisReceiver:
 
     def _read_take(self, wire: Wire, take: _SentTake) -> None:
         """Read ``take``'s reply, the next on the wire: the takes before it have theirs."""
+        if not self._read_reply(wire, take):
+            self._after_noscript(wire)
+
+    def _read_reply(self, wire: Wire, take: _SentTake) -> bool:
+        """``take``'s reply, the next on the wire; False if it was NOSCRIPT (nothing ran)."""
         try:
             take.reply = wire.read_triple()
         except NoScriptError:
-            self._after_noscript(wire)
-        else:
-            self._took(take)
+            return False
+        self._took(take)
+        return True
 
     def _after_noscript(self, wire: Wire) -> None:
         """The server forgot the script (restarted, flushed): nothing ran for a take answered
@@ -676,14 +681,7 @@ class RedisReceiver:
         have loaded the script in between), then the script is loaded and each take answered
         NOSCRIPT sent again, in order, and its reply read: every take keeps its place."""
         unread = [take for take in self._takes if take.reply is None]
-        redo = unread[:1]
-        for take in unread[1:]:
-            try:
-                take.reply = wire.read_triple()
-            except NoScriptError:
-                redo.append(take)
-            else:
-                self._took(take)
+        redo = unread[:1] + [take for take in unread[1:] if not self._read_reply(wire, take)]
         wire.load(_TAKE)
         for take in redo:
             wire.send_take(take.packed)
