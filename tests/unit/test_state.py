@@ -37,6 +37,23 @@ def test_memory_store_keys_expire_and_claims_are_exclusive() -> None:
     assert not store.delete("c")
 
 
+def test_memory_store_drops_expired_keys_nobody_reads_and_keeps_rewritten_ones() -> None:
+    now = [100.0]
+    store = MemoryStateStore(clock=lambda: now[0])
+    for i in range(500):
+        store.set(f"k{i}", b"v", ttl_s=1)
+    store.set("kept", b"old", ttl_s=1)
+    store.set("kept", b"new", ttl_s=10)  # its first expiry no longer applies
+    store.set("forever", b"v")
+    assert repr(store) == "MemoryStateStore(502 keys)"
+    now[0] = 102.0
+    store.set("trigger", b"v", ttl_s=1)  # any write drops what is past its time
+    assert repr(store) == "MemoryStateStore(3 keys)"
+    assert store.get("kept") == b"new" and store.get("forever") == b"v"
+    now[0] = 111.0
+    assert store.get("kept") is None and store.get("forever") == b"v"
+
+
 def test_memory_store_notifies_a_watcher_registered_before() -> None:
     store = MemoryStateStore()
     with store.watch("geboost:done", "k") as watch:
