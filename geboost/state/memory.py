@@ -21,6 +21,7 @@ from geboost.state.base import EventWatch
 __all__ = ["MemoryStateStore"]
 
 _SWEEP_EVERY = 1000  # writes between sweeps of the (few) schedule keys
+_NEVER = float("inf")
 
 
 class MemoryStateStore:
@@ -50,21 +51,25 @@ class MemoryStateStore:
         return item[0]
 
     def set(self, key: str, value: bytes, *, ttl_s: float = 0.0) -> None:
+        self._set_all([(key, value, ttl_s)])
+
+    def _set_all(self, sets: Sequence[tuple[str, bytes, float]]) -> None:
         now = self._clock()
-        if ttl_s > 0:
-            expires = now + ttl_s
-            heapq.heappush(self._expiries, (expires, key))
-        else:
-            expires = float("inf")
-        self._values[key] = (value, expires)
-        expiries = self._expiries
+        values, expiries = self._values, self._expiries
+        for key, value, ttl_s in sets:
+            if ttl_s > 0:
+                expires = now + ttl_s
+                heapq.heappush(expiries, (expires, key))
+            else:
+                expires = _NEVER
+            values[key] = (value, expires)
         while expiries and expiries[0][0] <= now:
             expired, old = heapq.heappop(expiries)
-            item = self._values.get(old)
+            item = values.get(old)
             if item is not None and item[1] == expired:
-                del self._values[old]
-        self._writes += 1
-        if self._writes % _SWEEP_EVERY == 0:
+                del values[old]
+        before, self._writes = self._writes, self._writes + len(sets)
+        if before // _SWEEP_EVERY != self._writes // _SWEEP_EVERY:
             self._sweep()
 
     def set_if_absent(self, key: str, value: bytes, *, ttl_s: float = 0.0) -> bool:
@@ -79,8 +84,8 @@ class MemoryStateStore:
     def write_batch(
         self, sets: Sequence[tuple[str, bytes, float]], notices: Sequence[tuple[str, str]]
     ) -> None:
-        for key, value, ttl_s in sets:
-            self.set(key, value, ttl_s=ttl_s)
+        if sets:
+            self._set_all(sets)
         for channel, token in notices:
             for event in self._watchers.get((channel, token), ()):
                 event.set()

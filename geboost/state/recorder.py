@@ -58,6 +58,8 @@ class TaskRecorder:
         self._log = log
         self._sets: dict[str, tuple[bytes, float]] = {}
         self._notices: list[tuple[str, str]] = []
+        self._done_channel = done_channel()
+        self._last_key = ("", "")  # (task id, its result key): see _result_key
         self._wake = Event()
         self._idle = Event()
         self._idle.set()
@@ -66,11 +68,11 @@ class TaskRecorder:
     # ----------------------------------------------------------------- hooks (never block)
     def started(self, message: TaskMessage) -> None:
         if self.result_ttl_s:
-            self._put(result_key(self.queue_name, message.task_id), _STARTED, self.result_ttl_s)
+            self._put(self._result_key(message.task_id), _STARTED, self.result_ttl_s)
 
     def retrying(self, message: TaskMessage) -> None:
         if self.result_ttl_s:
-            self._put(result_key(self.queue_name, message.task_id), _RETRYING, self.result_ttl_s)
+            self._put(self._result_key(message.task_id), _RETRYING, self.result_ttl_s)
 
     def succeeded(self, message: TaskMessage, value: Any) -> None:
         if self.result_ttl_s:
@@ -114,9 +116,18 @@ class TaskRecorder:
 
     # ----------------------------------------------------------------- the writer
     def _final(self, task_id: str, record: bytes) -> None:
-        key = result_key(self.queue_name, task_id)
+        key = self._result_key(task_id)
         self._put(key, record, self.result_ttl_s)
-        self._notices.append((done_channel(), key))
+        self._notices.append((self._done_channel, key))
+
+    def _result_key(self, task_id: str) -> str:
+        # A call's statuses come one after another (started, then its outcome, with nothing
+        # in between for a quick call): the last key made is usually the one wanted again.
+        last_id, last_key = self._last_key
+        if task_id != last_id:
+            last_key = result_key(self.queue_name, task_id)
+            self._last_key = (task_id, last_key)
+        return last_key
 
     def _put(self, key: str, value: bytes, ttl_s: float) -> None:
         self._sets[key] = (value, ttl_s)
