@@ -825,6 +825,19 @@ def test_close_with_takes_on_their_way_gives_everything_back(
         broker.close()
 
 
+def _shared_booster(queue: str, task: Any, **options: Any) -> Any:
+    return new_booster(
+        BoostOptions(
+            queue_name=queue,
+            consume_func=task,
+            broker_kind=BrokerKind.REDIS,
+            broker_config=BrokerConfig(broker_url=SHARED),
+            handle_signals=False,
+            **options,
+        )
+    )
+
+
 def test_a_burst_with_retries_due_while_takes_are_ahead_completes(queue: str) -> None:
     # Quick calls make the puller send takes ahead for every free slot; retries falling due
     # meanwhile must still start (the takes ahead are handed out first, not waited behind).
@@ -835,18 +848,7 @@ def test_a_burst_with_retries_due_while_takes_are_ahead_completes(queue: str) ->
         if i % 50 == 0 and runs[i] == 1:
             raise ValueError("first attempt fails")
 
-    booster = new_booster(
-        BoostOptions(
-            queue_name=queue,
-            consume_func=task,
-            broker_kind=BrokerKind.REDIS,
-            broker_config=BrokerConfig(broker_url=SHARED),
-            concurrent_num=10,
-            max_retries=1,
-            retry_backoff_s=0.001,
-            handle_signals=False,
-        )
-    )
+    booster = _shared_booster(queue, task, concurrent_num=10, max_retries=1, retry_backoff_s=0.001)
     n = 3000
     booster.push_many([(i,) for i in range(n)])
     booster.consume()
@@ -870,16 +872,7 @@ def test_stopping_or_pausing_a_quick_burst_gives_back_what_did_not_start(
     def task(i: int) -> None:
         runs[i] = runs.get(i, 0) + 1
 
-    booster = new_booster(
-        BoostOptions(
-            queue_name=queue,
-            consume_func=task,
-            broker_kind=BrokerKind.REDIS,
-            broker_config=BrokerConfig(broker_url=SHARED),
-            concurrent_num=50,
-            handle_signals=False,
-        )
-    )
+    booster = _shared_booster(queue, task, concurrent_num=50)
     n = 200_000  # a pause is noticed within 0.5 s: more than that much work at full speed
     booster.push_many([(i,) for i in range(n)])
     booster.consume()
