@@ -37,12 +37,11 @@ _RETIRE = object()  # handed to an idle member instead of a job: leave
 
 
 class _Member:
-    """One idle member's parking place: its greenlet waits on ``waiter`` for a job."""
+    """One member's parking place while idle: its greenlet waits on ``waiter`` for a job."""
 
-    __slots__ = ("greenlet", "since", "waiter")
+    __slots__ = ("since", "waiter")
 
-    def __init__(self, greenlet: Greenlet[..., None]) -> None:
-        self.greenlet = greenlet
+    def __init__(self) -> None:
         self.waiter: Waiter[object] = Waiter()
         self.since = 0.0
 
@@ -88,7 +87,7 @@ class Crew(Generic[T]):
     def _work(self, job: T) -> None:
         greenlet = gevent.getcurrent()
         assert isinstance(greenlet, Greenlet)
-        member = _Member(greenlet)
+        member = _Member()
         try:
             while True:
                 try:

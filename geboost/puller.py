@@ -164,8 +164,7 @@ class Puller:
                     # once and services the connection itself (and on Redis carries the acks).
                     self.receiver.keepalive()
                 return
-            for _ in range(want):  # never yields: the counter said they are free
-                engine.slots.acquire(blocking=False)
+            self._hold_slots(want)
         got: list[Delivery] = []
         timeout_s = self._fetch_timeout_s()
         wait_here = self._round_trip and timeout_s <= _BUSY_FETCH_S
@@ -175,8 +174,7 @@ class Puller:
             self._drop_ahead()  # a take sent ahead by this fetch is lost with it
             raise
         finally:
-            for _ in range(want - len(got)):
-                engine.slots.release()
+            self._free_slots(want - len(got))
         self._start_fetched(got)
         if wait_here and not got:
             self._wait_settled(timeout_s)
@@ -201,8 +199,7 @@ class Puller:
             count = min(self._fetch_cap, engine.slots.counter)
             if count < floor or (due is not None and due <= time.monotonic()):
                 return
-            for _ in range(count):  # never yields: the counter said they are free
-                engine.slots.acquire(blocking=False)
+            self._hold_slots(count)
             self._ahead.append(count)
             try:
                 self.receiver.send_ahead(count)  # type: ignore[attr-defined]
@@ -213,9 +210,7 @@ class Puller:
     def _drop_ahead(self) -> None:
         """The takes sent ahead are lost (with the connection): their slots come back; their
         messages, held on the server, go back as the receiver reconnects or closes."""
-        for count in self._ahead:
-            for _ in range(count):
-                self._engine.slots.release()
+        self._free_slots(sum(self._ahead))
         self._ahead.clear()
 
     def _give_back_ahead(self) -> None:
@@ -229,11 +224,19 @@ class Puller:
             except BrokerError:
                 self._drop_ahead()  # the receiver dropped them all with its connection
             finally:
-                for _ in range(held):
-                    self._engine.slots.release()
+                self._free_slots(held)
             if got:
                 self.give_back(got)
         self._flush_quietly()
+
+    def _hold_slots(self, count: int) -> None:
+        """Take ``count`` slots the caller saw free in the counter (never yields)."""
+        for _ in range(count):
+            self._engine.slots.acquire(blocking=False)
+
+    def _free_slots(self, count: int) -> None:
+        for _ in range(count):
+            self._engine.slots.release()
 
     def _wait_settled(self, timeout_s: float) -> None:
         """Up to ``timeout_s``, until a call of this puller finishes (its ack or give-back
@@ -275,8 +278,7 @@ class Puller:
             rest = got[started:]
             if rest:
                 self._in_hand -= len(rest)
-                for _ in rest:
-                    engine.slots.release()
+                self._free_slots(len(rest))
                 self.give_back(rest)
                 if engine.stopping or engine.paused:
                     self._flush_quietly()  # back at once, not after the running calls end

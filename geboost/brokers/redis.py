@@ -791,7 +791,6 @@ class RedisReceiver:
         try:
             with _translated(f"close on {self.queue_name!r}", self._broker.target.display):
                 self._read_takes(wire)  # what they took is held: the release gives it back
-                self._takes.clear()
                 moved = wire.run(_RELEASE, [*self._keys, *self._lease_keys[:2]], [self.consumer_id])
             if moved:
                 self._log.debug("gave back {} unsettled message(s) on close", moved)
