@@ -40,15 +40,7 @@ except ImportError:  # pragma: no cover - a redis-py that moved it
         return ResponseError(message)
 
 
-__all__ = [
-    "LuaScript",
-    "Wire",
-    "bulk",
-    "exchange",
-    "exchange_script",
-    "run_script",
-    "send_packed",
-]
+__all__ = ["LuaScript", "Wire", "bulk", "run_script", "send_packed"]
 
 _RECV_SIZE = 65536
 
@@ -122,19 +114,6 @@ class Wire:
         self._conn.disconnect()  # type: ignore[no-untyped-call]
 
 
-def exchange(conn: AbstractConnection, packed: bytes) -> Any:
-    """Send one command already in RESP form on ``conn`` and read its reply.
-
-    On an open connection the bytes go out by one ``send`` on its socket: gevent's ``sendall``
-    asks the kernel for the buffer size and slices a memoryview on every call, which measured
-    a fifth of a take's client time. No health check here: the callers (a receiver's take, the
-    state store's batch writes) use busy connections. Should redis-py stop keeping its socket
-    in ``_sock``, this falls back to its own send.
-    """
-    send_packed(conn, packed)
-    return conn.read_response()
-
-
 def _send(conn: AbstractConnection, sock: socket.socket, packed: bytes) -> None:
     try:
         sent = sock.send(packed)
@@ -156,7 +135,14 @@ def _broken(conn: AbstractConnection, exc: BaseException, doing: str) -> BaseExc
 
 
 def send_packed(conn: AbstractConnection, packed: bytes) -> None:
-    """Send one command already in RESP form, without reading its reply (see ``exchange``)."""
+    """Send one command already in RESP form on ``conn``, without reading its reply.
+
+    On an open connection the bytes go out by one ``send`` on its socket: gevent's ``sendall``
+    asks the kernel for the buffer size and slices a memoryview on every call, which measured
+    a fifth of a take's client time. No health check here: the callers (a receiver's takes,
+    the state store's batch writes) use busy connections. Should redis-py stop keeping its
+    socket in ``_sock``, this falls back to its own send.
+    """
     sock = getattr(conn, "_sock", None)
     if sock is None:  # not connected yet (or after a failure): redis-py connects first
         conn.send_packed_command([packed])  # type: ignore[no-untyped-call]
@@ -224,21 +210,19 @@ def _parse_triple(buf: bytes) -> tuple[tuple[int, bytes, bytes], int] | None:
     return (status, parts[0], parts[1]), end + 2
 
 
-def exchange_script(conn: AbstractConnection, script: LuaScript, packed: bytes) -> Any:
-    """``exchange`` of ``packed``, an ``EVALSHA`` of ``script``; after ``NOSCRIPT`` (nothing
-    ran) the script is loaded and the same command sent again."""
+def run_script(conn: AbstractConnection, script: LuaScript, args: list[bytes]) -> Any:
+    """``EVALSHA`` of ``script`` with no keys and ``args``, packed here in one piece, and its
+    reply; after ``NOSCRIPT`` (nothing ran) the script is loaded and the same command sent
+    again."""
+    head = b"*%d\r\n" % (3 + len(args)) + bulk(b"EVALSHA") + bulk(script.sha.encode()) + bulk(b"0")
+    packed = head + b"".join([bulk(arg) for arg in args])
     try:
-        return exchange(conn, packed)
+        send_packed(conn, packed)
+        return conn.read_response()
     except NoScriptError:
         _load(conn, script)
-        return exchange(conn, packed)
-
-
-def run_script(conn: AbstractConnection, script: LuaScript, args: list[bytes]) -> Any:
-    """``EVALSHA`` of ``script`` with no keys and ``args``, packed here in one piece (see
-    ``exchange_script``)."""
-    head = b"*%d\r\n" % (3 + len(args)) + bulk(b"EVALSHA") + bulk(script.sha.encode()) + bulk(b"0")
-    return exchange_script(conn, script, head + b"".join([bulk(arg) for arg in args]))
+        send_packed(conn, packed)
+        return conn.read_response()
 
 
 def _load(conn: AbstractConnection, script: LuaScript) -> None:
